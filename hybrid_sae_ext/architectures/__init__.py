@@ -1,0 +1,31 @@
+"""SAE architectures, each a SAELens plug-in (config + SAE + training config + training SAE)."""
+
+from hybrid_sae_ext.architectures.hybrid import (
+    HybridLosses,
+    HybridSAE,
+    HybridSAEConfig,
+    HybridTrainingSAE,
+    HybridTrainingSAEConfig,
+    HybridTrainOutput,
+    SparseCodes,
+)
+from hybrid_sae_ext.architectures.registry import (
+    COMPARISON_ARCHITECTURES,
+    register_architectures,
+    resolve_architecture,
+    training_classes,
+)
+
+__all__ = [
+    "COMPARISON_ARCHITECTURES",
+    "HybridLosses",
+    "HybridSAE",
+    "HybridSAEConfig",
+    "HybridTrainOutput",
+    "HybridTrainingSAE",
+    "HybridTrainingSAEConfig",
+    "SparseCodes",
+    "register_architectures",
+    "resolve_architecture",
+    "training_classes",
+]

@@ -1,0 +1,394 @@
+"""HybridSAE: a Gated SAE whose gate may open at most ``k`` latents per token.
+
+One shared encoder ``pre = (x - b_dec) @ W_enc`` feeds two paths (Rajamanoharan et al. 2024):
+
+* gate: ``pi_gate = pre + b_gate``; the top-k latents of ``pi_gate`` are candidates and only those
+  with ``pi_gate > 0`` fire, so L0 <= k and falls below k where a token needs fewer features;
+* magnitude: ``relu(exp(r_mag) * pre + b_mag)`` sets the value of each firing latent.
+
+There is no ``b_enc``: with ``b_gate`` and ``b_mag`` it would be redundant (as in SAELens' gated SAE).
+Training keeps everything after the top-k selection at ``batch x k`` (see ``hybrid_sae_ext.kernels``)
+and uses: MSE, the gated auxiliary reconstruction through ``relu(pi_gate)`` with a detached
+decoder (so the gate threshold learns), an optional L1 on the gate, and AuxK for dead latents
+(Gao et al. 2024). The decoder is used with unit-norm rows during training and saved that way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from typing_extensions import override
+
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+
+from hybrid_sae_ext.kernels import KERNEL_BACKENDS, TopKSelection, get_kernels
+from hybrid_sae_ext.kernels.sparse_ops import select_topk
+
+# Normalizations applied inside the SAE's forward would put the AuxK residual and the MSE target
+# in different spaces; "expected_average_only_in" is applied by the data pipeline, so it is safe.
+_TRAINING_NORMALIZATIONS = ("none", "expected_average_only_in")
+
+
+def _validate_k(d_in: int, d_sae: int, k: int) -> None:
+    if d_in < 1:
+        raise ValueError(f"d_in must be >= 1, got d_in={d_in}")
+    if d_sae < 1:
+        raise ValueError(f"d_sae must be >= 1, got d_sae={d_sae}")
+    if not 1 <= k <= d_sae:
+        raise ValueError(f"k must satisfy 1 <= k <= d_sae={d_sae}, got k={k}")
+
+
+@dataclass
+class HybridSAEConfig(SAEConfig):
+    """Inference config of the hybrid SAE."""
+
+    k: int = 64
+    """Most latents that may fire per token (the gate's top-k)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _validate_k(self.d_in, self.d_sae, self.k)
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "hybrid"
+
+
+@dataclass
+class HybridTrainingSAEConfig(TrainingSAEConfig):
+    """Training config of the hybrid SAE (SAELens field names; extra fields are hybrid-specific)."""
+
+    k: int = 64
+    """Most latents that may fire per token (the gate's top-k)."""
+    l1_coefficient: float = 0.0
+    """L1 on ``relu(pi_gate)`` of the candidates; > 0 pushes L0 further below k."""
+    l1_warm_up_steps: int = 0
+    """Steps over which the L1 coefficient ramps up from 0."""
+    gate_aux_coefficient: float = 1.0
+    """Weight of the gated auxiliary reconstruction that trains the gate threshold."""
+    aux_k_coefficient: float = 1 / 32
+    """Weight of the AuxK loss on dead latents (Gao et al. 2024)."""
+    k_aux: int | None = None
+    """Dead latents used by AuxK per token; None means d_in // 2."""
+    kernel_backend: str = "sparse"
+    """"sparse" (fast path, batch x k tensors only) or "dense" (autograd reference)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _validate_k(self.d_in, self.d_sae, self.k)
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise ValueError(
+                f"kernel_backend={self.kernel_backend!r} is not one of {KERNEL_BACKENDS}"
+            )
+        if self.k_aux is not None and not 1 <= self.k_aux <= self.d_sae:
+            raise ValueError(f"k_aux must be None or in [1, d_sae={self.d_sae}], got {self.k_aux}")
+        for name in ("l1_coefficient", "gate_aux_coefficient", "aux_k_coefficient"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.normalize_activations not in _TRAINING_NORMALIZATIONS:
+            raise ValueError(
+                f"normalize_activations={self.normalize_activations!r} is not supported for "
+                f"training the hybrid SAE; allowed: {_TRAINING_NORMALIZATIONS}"
+            )
+
+    @property
+    def effective_k_aux(self) -> int:
+        return min(self.k_aux or self.d_in // 2, self.d_sae)
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "hybrid"
+
+
+class SparseCodes(NamedTuple):
+    """Codes of a batch in sparse form: at most ``k`` (value, latent) pairs per token."""
+
+    values: Float[Tensor, "... k"]
+    """Code values; zero where the gate stayed closed."""
+    indices: Int[Tensor, "... k"]
+    """Latent ids of the top-k gate candidates."""
+
+
+class HybridLosses(NamedTuple):
+    """The terms of the hybrid training loss (each already weighted)."""
+
+    mse: Tensor
+    gate_aux: Tensor
+    l1: Tensor
+    aux_k: Tensor
+
+    def total(self) -> Tensor:
+        return self.mse + self.gate_aux + self.l1 + self.aux_k
+
+
+class HybridTrainOutput(NamedTuple):
+    """One sparse training forward: loss terms, reconstruction and codes."""
+
+    losses: HybridLosses
+    sae_out: Float[Tensor, "n d_in"]
+    codes: SparseCodes
+
+
+class _HybridMixin:
+    """Parameters and gate/magnitude math shared by the inference and training classes."""
+
+    cfg: Any
+    W_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    b_gate: nn.Parameter
+    r_mag: nn.Parameter
+    b_mag: nn.Parameter
+    dtype: torch.dtype
+    device: torch.device
+
+    def _init_hybrid_params(self) -> None:
+        for name in ("b_gate", "r_mag", "b_mag"):
+            setattr(self, name, nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device)))
+
+    def decoder_rows(self) -> Float[Tensor, "d_sae d_in"]:
+        """The decoder as used in the forward pass."""
+        return self.W_dec
+
+    @property
+    def kernel_backend(self) -> str:
+        return getattr(self.cfg, "kernel_backend", "sparse")
+
+    def _codes(self, selection: TopKSelection) -> tuple[Tensor, Tensor]:
+        """Gate pre-activations and gated magnitudes of the selected latents."""
+        idx = selection.indices
+        gate_pre = selection.values + self.b_gate[idx]
+        magnitude = torch.relu(self.r_mag[idx].exp() * selection.values + self.b_mag[idx])
+        return gate_pre, magnitude * (gate_pre > 0)
+
+    def _flat(self, sae_in: Tensor) -> Tensor:
+        return sae_in.reshape(-1, self.cfg.d_in)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.shape[-1] != self.cfg.d_in:
+            raise ValueError(
+                f"input has last dimension {x.shape[-1]} but this SAE has d_in={self.cfg.d_in}"
+            )
+        if not torch.isfinite(x).all():
+            raise ValueError("input activations contain NaN or Inf; refusing to encode them")
+
+    def encode_sparse(self, x: Float[Tensor, "... d_in"]) -> SparseCodes:
+        """Codes as (values, indices), each ``[..., k]``: the cheap form for large batches."""
+        self._check_input(x)
+        sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
+        encode = get_kernels(self.kernel_backend).encode
+        selection, _ = encode(self._flat(sae_in), self.W_enc, self.b_gate, self.cfg.k)
+        _, values = self._codes(selection)
+        lead = sae_in.shape[:-1]
+        return SparseCodes(values.reshape(*lead, -1), selection.indices.reshape(*lead, -1))
+
+    def decode_sparse(self, codes: SparseCodes) -> Float[Tensor, "... d_in"]:
+        """Decode sparse codes without building the dense code matrix."""
+        decode = get_kernels(self.kernel_backend).decode
+        k = codes.values.shape[-1]
+        flat = decode(codes.values.reshape(-1, k), codes.indices.reshape(-1, k), self.decoder_rows())
+        out = flat.reshape(*codes.values.shape[:-1], self.cfg.d_in) + self.b_dec
+        return self._finish_decode(out)
+
+    def _finish_decode(self, sae_out_pre: Tensor) -> Tensor:
+        sae_out_pre = self.hook_sae_recons(sae_out_pre)  # type: ignore[attr-defined]
+        sae_out_pre = self.run_time_activation_norm_fn_out(sae_out_pre)  # type: ignore[attr-defined]
+        return self.reshape_fn_out(sae_out_pre, self.d_head)  # type: ignore[attr-defined]
+
+    def _dense_encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """SAE-API encode: dense codes ``[..., d_sae]`` and the hooked pre-activations."""
+        self._check_input(x)
+        sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
+        pre = self.hook_sae_acts_pre(sae_in @ self.W_enc)  # type: ignore[attr-defined]
+        flat_pre = pre.reshape(-1, self.cfg.d_sae)
+        indices, _ = select_topk(flat_pre, self.b_gate, self.cfg.k, None, 0)
+        _, values = self._codes(TopKSelection(flat_pre.gather(1, indices), indices))
+        dense = torch.zeros_like(flat_pre).scatter(1, indices, values).reshape(pre.shape)
+        return self.hook_sae_acts_post(dense), pre  # type: ignore[attr-defined]
+
+    def _dense_decode(self, feature_acts: Tensor) -> Tensor:
+        return self._finish_decode(feature_acts @ self.decoder_rows() + self.b_dec)
+
+
+class HybridSAE(_HybridMixin, SAE[HybridSAEConfig]):
+    """Inference hybrid SAE. ``HybridSAE(d_model=768, n_features=32768, k_sparse=128)`` or ``HybridSAE(cfg)``."""
+
+    def __init__(
+        self,
+        cfg: HybridSAEConfig | None = None,
+        use_error_term: bool = False,
+        *,
+        d_model: int | None = None,
+        n_features: int | None = None,
+        k_sparse: int | None = None,
+        **cfg_kwargs: Any,
+    ):
+        shorthand = (d_model, n_features, k_sparse)
+        if cfg is None:
+            if None in shorthand:
+                raise ValueError(
+                    "pass either cfg=HybridSAEConfig(...) or all of d_model, n_features, k_sparse; "
+                    f"got d_model={d_model}, n_features={n_features}, k_sparse={k_sparse}"
+                )
+            cfg = HybridSAEConfig(d_in=d_model, d_sae=n_features, k=k_sparse, **cfg_kwargs)  # type: ignore[arg-type]
+        elif any(v is not None for v in shorthand) or cfg_kwargs:
+            raise ValueError("pass either cfg or the d_model/n_features/k_sparse shorthand, not both")
+        super().__init__(cfg, use_error_term)
+
+    @override
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        with torch.no_grad():
+            self.W_dec.data /= self.W_dec.norm(dim=-1, keepdim=True)
+            self.W_enc.data = self.W_dec.data.T.clone().contiguous()
+        self._init_hybrid_params()
+
+    @override
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense codes ``[..., d_sae]`` with at most ``k`` non-zeros per token, all >= 0."""
+        return self._dense_encode(x)[0]
+
+    @override
+    def decode(self, feature_acts: Tensor) -> Tensor:
+        return self._dense_decode(feature_acts)
+
+    @override
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        """Only a no-op is safe: rescaling latents would change which ones win the top-k."""
+        norms = self.get_W_dec_norm()
+        if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
+            raise NotImplementedError(
+                "Folding decoder norms into a HybridSAE would change its top-k selection; "
+                "hybrid SAEs are saved with unit-norm decoder rows instead."
+            )
+
+
+class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
+    """Training hybrid SAE: SAELens' runner trains it as is; ``hybrid_forward`` is the sparse step."""
+
+    @override
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self._init_hybrid_params()
+
+    @override
+    def decoder_rows(self) -> Tensor:
+        """Unit-norm decoder rows: the norm constraint as a reparametrisation, so any trainer keeps it."""
+        return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+    @override
+    def encode_with_hidden_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._dense_encode(x)
+
+    @override
+    def decode(self, feature_acts: Tensor) -> Tensor:
+        return self._dense_decode(feature_acts)
+
+    @override
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
+
+    def hybrid_forward(
+        self,
+        x: Float[Tensor, "... d_in"],
+        dead_mask: Tensor | None = None,
+        l1_coefficient: float | None = None,
+    ) -> HybridTrainOutput:
+        """The sparse training forward; ``dead_mask`` ([d_sae] bool) enables AuxK."""
+        self._check_input(x)
+        kernels = get_kernels(self.kernel_backend)
+        target = self._flat(x.to(self.dtype))
+        n_dead = 0 if dead_mask is None else int(dead_mask.sum())
+        k_aux = min(self.cfg.effective_k_aux, n_dead)
+        sel, aux = kernels.encode(
+            self._flat(self.process_sae_in(x)), self.W_enc, self.b_gate, self.cfg.k, dead_mask, k_aux
+        )
+        gate_pre, values = self._codes(sel)
+        rows = self.decoder_rows()
+        sae_out = kernels.decode(values, sel.indices, rows) + self.b_dec
+        mse = (sae_out - target).pow(2).sum(-1).mean()
+
+        gate_act = torch.relu(gate_pre)
+        via_gate = kernels.decode(gate_act, sel.indices, rows.detach()) + self.b_dec.detach()
+        gate_aux = self.cfg.gate_aux_coefficient * (via_gate - target).pow(2).sum(-1).mean()
+        l1_coef = self.cfg.l1_coefficient if l1_coefficient is None else l1_coefficient
+        l1 = l1_coef * gate_act.sum(-1).mean()
+
+        aux_k = mse.new_zeros(())
+        if aux is not None:
+            residual = (target - sae_out).detach()
+            aux_recon = kernels.decode(aux.values, aux.indices, rows)
+            scale = min(n_dead / self.cfg.effective_k_aux, 1.0)
+            aux_k = self.cfg.aux_k_coefficient * scale * (aux_recon - residual).pow(2).sum(-1).mean()
+
+        losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k)
+        return HybridTrainOutput(losses, sae_out, SparseCodes(values, sel.indices))
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """SAELens' training step on the sparse forward; dense codes are built only for its stats."""
+        out = self.hybrid_forward(
+            step_input.sae_in, step_input.dead_neuron_mask, step_input.coefficients.get("l1")
+        )
+        with torch.no_grad():
+            values = out.codes.values.detach()
+            feature_acts = values.new_zeros(values.shape[0], self.cfg.d_sae).scatter(
+                1, out.codes.indices, values
+            )
+        return TrainStepOutput(
+            sae_in=step_input.sae_in,
+            sae_out=out.sae_out.reshape(step_input.sae_in.shape),
+            feature_acts=feature_acts,
+            hidden_pre=out.codes.values,
+            loss=out.losses.total(),
+            losses={
+                "mse_loss": out.losses.mse,
+                "gate_aux_loss": out.losses.gate_aux,
+                "l1_loss": out.losses.l1,
+                "auxiliary_reconstruction_loss": out.losses.aux_k,
+            },
+        )
+
+    @override
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: Tensor,
+        hidden_pre: Tensor,
+        sae_out: Tensor,
+    ) -> dict[str, Tensor]:
+        """The hybrid's auxiliary terms for ``step_input`` (recomputed by the sparse forward)."""
+        out = self.hybrid_forward(
+            step_input.sae_in, step_input.dead_neuron_mask, step_input.coefficients.get("l1")
+        )
+        return {
+            "gate_aux_loss": out.losses.gate_aux,
+            "l1_loss": out.losses.l1,
+            "auxiliary_reconstruction_loss": out.losses.aux_k,
+        }
+
+    @override
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        state_dict["W_dec"] = self.decoder_rows().detach().clone()
+
+    @override
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        """Normalise the stored decoder rows; the forward already uses them unit-norm."""
+        self.W_dec.data.copy_(self.decoder_rows())

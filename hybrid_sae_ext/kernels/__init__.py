@@ -1,0 +1,43 @@
+"""Encode/decode kernels for top-k SAEs: the sparse fast path and its dense twin, chosen here.
+
+``get_kernels(backend)`` is the one dispatch point: ``"sparse"`` (default) keeps every tensor
+after the top-k selection at ``batch x k``; ``"dense"`` is the autograd reference.
+"""
+
+from typing import Callable, Literal, NamedTuple
+
+from hybrid_sae_ext.kernels.dense import dense_decode, dense_encode
+from hybrid_sae_ext.kernels.sparse_ops import sparse_decode, sparse_encode
+from hybrid_sae_ext.kernels.types import TopKSelection
+
+KernelBackend = Literal["sparse", "dense"]
+KERNEL_BACKENDS: tuple[str, ...] = ("sparse", "dense")
+
+
+class Kernels(NamedTuple):
+    """The encode/decode pair of one backend (same signatures across backends)."""
+
+    encode: Callable[..., tuple[TopKSelection, TopKSelection | None]]
+    decode: Callable[..., "object"]
+
+
+def get_kernels(backend: str) -> Kernels:
+    """Return the encode/decode functions of ``backend`` (``"sparse"`` or ``"dense"``)."""
+    if backend == "sparse":
+        return Kernels(sparse_encode, sparse_decode)
+    if backend == "dense":
+        return Kernels(dense_encode, dense_decode)
+    raise ValueError(f"Unknown kernel backend {backend!r}; allowed: {', '.join(KERNEL_BACKENDS)}")
+
+
+__all__ = [
+    "KERNEL_BACKENDS",
+    "KernelBackend",
+    "Kernels",
+    "TopKSelection",
+    "dense_decode",
+    "dense_encode",
+    "get_kernels",
+    "sparse_decode",
+    "sparse_encode",
+]

@@ -1,0 +1,134 @@
+"""HybridSAE: codes, config validation, sparse-vs-dense training math, SAELens conversions."""
+
+import importlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hybrid_sae_ext
+from hybrid_sae_ext import HybridSAE, HybridSAEConfig, HybridTrainingSAE, HybridTrainingSAEConfig
+from sae_lens import SAE
+from sae_lens.registry import get_sae_class, get_sae_training_class
+
+
+def test_registered_in_saelens_and_idempotent() -> None:
+    assert get_sae_training_class("hybrid") == (HybridTrainingSAE, HybridTrainingSAEConfig)
+    assert get_sae_class("hybrid") == (HybridSAE, HybridSAEConfig)
+    hybrid_sae_ext.register_architectures()
+    importlib.reload(hybrid_sae_ext)
+    assert get_sae_training_class("hybrid")[0].__name__ == "HybridTrainingSAE"
+    for builtin in ("standard", "gated", "topk"):
+        assert get_sae_training_class(builtin)[0].__module__.startswith("sae_lens")
+
+
+def test_full_size_config_constructs() -> None:
+    cfg = HybridTrainingSAEConfig(d_in=768, d_sae=32768, k=128, device="cpu")
+    assert cfg.architecture() == "hybrid" and cfg.effective_k_aux == 384
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(d_in=8, d_sae=16, k=0), "k must satisfy 1 <= k <= d_sae=16, got k=0"),
+        (dict(d_in=8, d_sae=16, k=17), "got k=17"),
+        (dict(d_in=0, d_sae=16, k=2), "d_in must be >= 1, got d_in=0"),
+        (dict(d_in=8, d_sae=16, k=2, kernel_backend="cuda"), "kernel_backend='cuda'"),
+        (dict(d_in=8, d_sae=16, k=2, k_aux=0), "k_aux must be None or in"),
+        (dict(d_in=8, d_sae=16, k=2, aux_k_coefficient=-1.0), "aux_k_coefficient must be >= 0"),
+        (dict(d_in=8, d_sae=16, k=2, normalize_activations="layer_norm"), "layer_norm"),
+    ],
+)
+def test_bad_config_is_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        HybridTrainingSAEConfig(**kwargs)
+
+
+def test_inference_config_validates_and_shorthand_constructor() -> None:
+    with pytest.raises(ValueError, match="got k=9"):
+        HybridSAEConfig(d_in=4, d_sae=8, k=9)
+    with pytest.raises(ValueError, match="k_sparse=None"):
+        HybridSAE(d_model=4, n_features=8)
+    sae = HybridSAE(d_model=768, n_features=2048, k_sparse=128)
+    assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == (768, 2048, 128)
+
+
+def test_bad_input_is_named() -> None:
+    sae = HybridSAE(d_model=8, n_features=32, k_sparse=4)
+    with pytest.raises(ValueError, match="last dimension 9 but this SAE has d_in=8"):
+        sae.encode(torch.randn(3, 9))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sae.encode(torch.full((2, 8), float("nan")))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 12),
+    d_in=st.integers(1, 10),
+    d_sae=st.integers(1, 40),
+    k_frac=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+    scale=st.floats(0.01, 100.0),
+)
+def test_codes_properties(n: int, d_in: int, d_sae: int, k_frac: float, seed: int, scale: float) -> None:
+    torch.manual_seed(seed)
+    k = max(1, round(k_frac * d_sae))
+    sae = HybridSAE(d_model=d_in, n_features=d_sae, k_sparse=k)
+    with torch.no_grad():
+        for p in (sae.b_gate, sae.b_mag, sae.r_mag, sae.b_dec):
+            p.normal_()
+    x = torch.randn(n, d_in) * scale
+    codes = sae.encode(x)
+    assert codes.shape == (n, d_sae)
+    assert ((codes != 0).sum(-1) <= k).all()
+    assert (codes >= 0).all()
+    torch.testing.assert_close(sae.decode(codes), sae(x))
+    sparse = sae.encode_sparse(x)
+    torch.testing.assert_close(sae.decode_sparse(sparse), sae(x))
+    dense_from_sparse = torch.zeros(n, d_sae).scatter(1, sparse.indices, sparse.values)
+    torch.testing.assert_close(dense_from_sparse, codes)
+
+
+def _trained_like(backend: str) -> HybridTrainingSAE:
+    torch.manual_seed(0)
+    cfg = HybridTrainingSAEConfig(
+        d_in=16, d_sae=128, k=8, l1_coefficient=0.01, kernel_backend=backend, dtype="float64"
+    )
+    sae = HybridTrainingSAE(cfg)
+    with torch.no_grad():
+        for p in (sae.b_gate, sae.b_mag, sae.r_mag, sae.b_dec):
+            p.normal_(std=0.1)
+    return sae
+
+
+def test_sparse_training_forward_matches_dense_reference() -> None:
+    x = torch.randn(64, 16, dtype=torch.float64)
+    dead = torch.rand(128, generator=torch.Generator().manual_seed(3)) < 0.5
+    results = {}
+    for backend in ("sparse", "dense"):
+        sae = _trained_like(backend)
+        out = sae.hybrid_forward(x, dead_mask=dead)
+        out.losses.total().backward()
+        results[backend] = (out.losses, {n: p.grad.clone() for n, p in sae.named_parameters()})
+    (loss_s, grad_s), (loss_d, grad_d) = results["sparse"], results["dense"]
+    for a, b in zip(loss_s, loss_d):
+        torch.testing.assert_close(a, b)
+    assert loss_s.aux_k > 0 and loss_s.l1 > 0 and loss_s.gate_aux > 0
+    for name in grad_d:
+        torch.testing.assert_close(grad_s[name], grad_d[name], msg=name)
+
+
+def test_training_and_inference_agree_after_saelens_save_load(tmp_path) -> None:
+    sae = _trained_like("sparse")
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(128, 1, dtype=torch.float64) + 0.5)  # non-unit raw rows
+    x = torch.randn(5, 7, 16, dtype=torch.float64)
+    expected = sae(x)
+    sae.save_inference_model(tmp_path)
+    loaded = SAE.load_from_disk(tmp_path, dtype="float64")
+    assert isinstance(loaded, HybridSAE)
+    torch.testing.assert_close(loaded(x), expected)
+    torch.testing.assert_close(loaded.encode(x), sae.encode(x))
+    loaded.fold_W_dec_norm()  # unit rows: a safe no-op
+    torch.testing.assert_close(loaded(x), expected)
