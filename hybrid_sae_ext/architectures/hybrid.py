@@ -215,7 +215,7 @@ class _HybridMixin:
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
         pre = self.hook_sae_acts_pre(sae_in @ self.W_enc)  # type: ignore[attr-defined]
         flat_pre = pre.reshape(-1, self.cfg.d_sae)
-        indices, _ = select_topk(flat_pre, self.b_gate, self.cfg.k, None, 0)
+        indices, _ = select_topk(flat_pre + self.b_gate, self.b_gate, self.cfg.k, None, 0)
         _, values = self._codes(TopKSelection(flat_pre.gather(1, indices), indices))
         dense = torch.zeros_like(flat_pre).scatter(1, indices, values).reshape(pre.shape)
         return self.hook_sae_acts_post(dense), pre  # type: ignore[attr-defined]

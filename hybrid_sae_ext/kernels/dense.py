@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hybrid_sae_ext.kernels.sparse_ops import select_topk
+from hybrid_sae_ext.kernels.sparse_ops import encoder_scores, gather_pre, select_topk
 from hybrid_sae_ext.kernels.types import TopKSelection
 
 
@@ -23,10 +23,12 @@ def dense_encode(
     k_aux: int = 0,
 ) -> tuple[TopKSelection, TopKSelection | None]:
     """Same contract as ``sparse_encode``; gradients flow through the dense ``x @ W_enc``."""
-    pre = x @ W_enc
-    indices, aux_indices = select_topk(pre.detach(), selection_bias.detach(), k, aux_mask, k_aux)
-    aux = None if aux_indices is None else TopKSelection(pre.gather(1, aux_indices), aux_indices)
-    return TopKSelection(pre.gather(1, indices), indices), aux
+    scores = encoder_scores(x, W_enc, selection_bias)
+    indices, aux_indices = select_topk(scores.detach(), selection_bias, k, aux_mask, k_aux)
+    aux = None
+    if aux_indices is not None:
+        aux = TopKSelection(gather_pre(scores, selection_bias, aux_indices), aux_indices)
+    return TopKSelection(gather_pre(scores, selection_bias, indices), indices), aux
 
 
 def dense_decode(

@@ -106,23 +106,35 @@ def _select(scores: Tensor, k: int) -> Tensor:
 
 
 def select_topk(
-    pre: Float[Tensor, "n d_sae"],
+    scores: Float[Tensor, "n d_sae"],
     selection_bias: Float[Tensor, " d_sae"],
     k: int,
     aux_mask: Tensor | None,
     k_aux: int,
 ) -> tuple[Tensor, Tensor | None]:
-    """Top-k of ``pre + selection_bias`` and, if asked, top-``k_aux`` of ``pre`` over ``aux_mask``.
+    """Top-k of ``scores = pre + selection_bias`` and, if asked, top-``k_aux`` of ``pre`` over ``aux_mask``.
 
     Shared by both backends so they select exactly the same latents.
     """
     with torch.no_grad():
-        indices = _select(pre + selection_bias, k)
+        indices = _select(scores, k)
         aux_indices = None
         if aux_mask is not None and k_aux > 0:
-            masked = pre.masked_fill(~aux_mask, float("-inf"))
+            masked = (scores - selection_bias).masked_fill_(~aux_mask, float("-inf"))
             aux_indices = _select(masked, k_aux)
     return indices, aux_indices
+
+
+def encoder_scores(
+    x: Float[Tensor, "n d_in"], W_enc: Float[Tensor, "d_in d_sae"], selection_bias: Float[Tensor, " d_sae"]
+) -> Float[Tensor, "n d_sae"]:
+    """``x @ W_enc + selection_bias`` in one GEMM (the bias rides along for free)."""
+    return torch.addmm(selection_bias.detach(), x, W_enc)
+
+
+def gather_pre(scores: Tensor, selection_bias: Tensor, indices: Tensor) -> Tensor:
+    """Pre-activations ``x @ W_enc`` at ``indices``, recovered from the biased scores."""
+    return scores.gather(1, indices) - selection_bias.detach()[indices]
 
 
 class _SparseEncode(torch.autograd.Function):
@@ -138,13 +150,13 @@ class _SparseEncode(torch.autograd.Function):
         aux_mask: Tensor | None,
         k_aux: int,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        pre = x @ W_enc
-        indices, aux_indices = select_topk(pre, selection_bias, k, aux_mask, k_aux)
+        scores = encoder_scores(x, W_enc, selection_bias)
+        indices, aux_indices = select_topk(scores, selection_bias, k, aux_mask, k_aux)
         if aux_indices is None:
             aux_indices = indices.new_empty((x.shape[0], 0))
         all_indices = torch.cat([indices, aux_indices], dim=1)
-        values = pre.gather(1, all_indices)
-        del pre
+        values = gather_pre(scores, selection_bias, all_indices)
+        del scores
         ctx.save_for_backward(x, W_enc, all_indices)
         ctx.mark_non_differentiable(indices, aux_indices)
         return values[:, :k], indices, values[:, k:], aux_indices
@@ -155,7 +167,8 @@ class _SparseEncode(torch.autograd.Function):
         grad = torch.cat([grad_values, grad_aux_values], dim=1)
         grad_x = grad_W_enc = None
         if ctx.needs_input_grad[0]:
-            grad_x = gather_sum(grad, all_indices, W_enc.t())
+            # embedding_bag is ~10x slower on a transposed view than copy + contiguous call
+            grad_x = gather_sum(grad, all_indices, W_enc.t().contiguous())
         if ctx.needs_input_grad[1]:
             grad_W_enc = scatter_matmul(grad, all_indices, x, W_enc.shape[1]).t()
         return grad_x, grad_W_enc, None, None, None, None
