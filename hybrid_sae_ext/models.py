@@ -1,0 +1,131 @@
+"""Load TransformerLens models by name: the embedded default, a local folder, or the hub.
+
+Why: SAE experiments need a real, trained model, and CI machines have no network. The embedded
+default ``hybrid-sae-ext/tiny-lm`` ships with the package; any other name goes to
+``HookedTransformer.from_pretrained`` unchanged, and when that cannot reach the hub the error says
+so and names the offline alternatives. There is no silent fallback to another model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from tokenizers import Tokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from hybrid_sae_ext.io import atomic_path, write_json_atomic
+
+TINY_LM_NAME = "hybrid-sae-ext/tiny-lm"
+EMBEDDED_DIR = Path(__file__).parent / "embedded" / "assets"
+TINY_LM_DIR = EMBEDDED_DIR / "tiny-lm"
+CORPUS_DIR = EMBEDDED_DIR / "corpus"
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
+END_OF_TEXT = "<|endoftext|>"
+
+ModelT = TypeVar("ModelT", bound=HookedTransformer)
+
+
+class ModelUnavailableError(RuntimeError):
+    """The requested model cannot be loaded here (not embedded, not a local folder, hub unreachable)."""
+
+
+def load_model(
+    name_or_path: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    model_class: type[ModelT] = HookedTransformer,  # type: ignore[assignment]
+    **from_pretrained_kwargs: Any,
+) -> ModelT:
+    """Load ``TINY_LM_NAME``, a folder written by ``save_model_folder``, or a TransformerLens hub name.
+
+    Pass ``model_class=HookedSAETransformer`` to splice SAEs into the loaded model.
+    """
+    folder = TINY_LM_DIR if name_or_path == TINY_LM_NAME else Path(name_or_path)
+    if name_or_path == TINY_LM_NAME and not (folder / WEIGHTS_FILE).exists():
+        raise ModelUnavailableError(
+            f"the embedded default {TINY_LM_NAME!r} is not built at {folder}; "
+            "build it with `python -m hybrid_sae_ext.embedded.build`"
+        )
+    if (folder / CONFIG_FILE).exists() and (folder / WEIGHTS_FILE).exists():
+        return load_model_folder(folder, device=device, dtype=dtype, model_class=model_class)
+    try:
+        model = model_class.from_pretrained(name_or_path, device=str(device), dtype=dtype, **from_pretrained_kwargs)
+    except (OSError, ConnectionError, ValueError) as err:  # hub unreachable, unknown name, missing cache
+        raise ModelUnavailableError(
+            f"could not load model {name_or_path!r} with HookedTransformer.from_pretrained ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Offline, use the embedded default "
+            f"model_name={TINY_LM_NAME!r}, or a local folder written by "
+            "hybrid_sae_ext.models.save_model_folder(model, path) on a machine with network "
+            "(then pass that path as the model name), or set HF_HUB_OFFLINE=1 with the model in your HF cache."
+        ) from err
+    return model
+
+
+def _config_to_json(cfg: HookedTransformerConfig) -> dict[str, Any]:
+    """The init fields of ``cfg`` that JSON can hold (device and dtype are chosen at load time)."""
+    kept: dict[str, Any] = {}
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if not field.init or field.name in {"device", "dtype", "n_devices"}:
+            continue
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        kept[field.name] = value
+    return kept
+
+
+def save_model_folder(model: HookedTransformer, folder: Path | str, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` (atomically) and the tokenizer folder."""
+    folder = Path(folder)
+    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
+    write_json_atomic(folder / CONFIG_FILE, {"hooked_transformer_config": _config_to_json(model.cfg), **(extra or {})})
+    return folder
+
+
+def wrap_tokenizer(tokenizer: Tokenizer, folder: Path | str) -> PreTrainedTokenizerBase:
+    """Save a ``tokenizers`` BPE as a transformers tokenizer folder and load it back from there.
+
+    ``<|endoftext|>`` is BOS, EOS and padding, as in GPT-2. Loading from a folder matters:
+    TransformerLens re-opens the tokenizer by its ``name_or_path`` to add BOS handling.
+    """
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT
+    )
+    wrapped.save_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def load_model_folder(
+    folder: Path | str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    model_class: type[ModelT] = HookedTransformer,  # type: ignore[assignment]
+) -> ModelT:
+    """Rebuild a model saved by ``save_model_folder``; weights are read with safetensors only."""
+    folder = Path(folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    if "hooked_transformer_config" not in config:
+        raise ValueError(f"{folder / CONFIG_FILE} has no 'hooked_transformer_config' entry; not a saved model folder")
+    cfg = HookedTransformerConfig(**config["hooked_transformer_config"], device=str(device))
+    tokenizer_dir = folder / TOKENIZER_DIR
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir)) if tokenizer_dir.exists() else None
+    model = model_class(cfg, tokenizer=tokenizer, default_padding_side="right")
+    state = load_file(str(folder / WEIGHTS_FILE))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [name for name in missing if not name.endswith(("IGNORE", "mask"))]
+    if missing or unexpected:
+        raise ValueError(f"{folder / WEIGHTS_FILE} does not fit its config: missing {missing}, unexpected {unexpected}")
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return model.to(dtype).to(device).eval()

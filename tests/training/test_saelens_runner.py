@@ -1,0 +1,79 @@
+"""SAELens' own runner trains every comparison architecture offline on the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from sae_lens import SAE, LanguageModelSAERunnerConfig, LoggingConfig
+
+import hybrid_sae_ext  # noqa: F401  (registers "hybrid")
+from hybrid_sae_ext import HybridSAE
+from hybrid_sae_ext.architectures.registry import training_classes
+from hybrid_sae_ext.models import CORPUS_DIR, TINY_LM_NAME, load_model
+from hybrid_sae_ext.training.saelens_runner import make_saelens_runner
+
+HOOK = "blocks.1.hook_resid_pre"
+STEPS, BATCH = 200, 256
+
+
+def _runner_config(architecture: str, output: Path) -> LanguageModelSAERunnerConfig:
+    _, cfg_cls = training_classes(architecture)
+    extra = {"k": 16} if architecture in ("hybrid", "ksparse") else {"l1_coefficient": 2.0}
+    return LanguageModelSAERunnerConfig(
+        sae=cfg_cls(d_in=128, d_sae=512, **extra),
+        model_name=TINY_LM_NAME,
+        hook_name=HOOK,
+        dataset_path=str(CORPUS_DIR),
+        is_dataset_tokenized=False,
+        streaming=False,
+        context_size=128,
+        training_tokens=STEPS * BATCH,
+        train_batch_size_tokens=BATCH,
+        n_batches_in_buffer=4,
+        store_batch_size_prompts=8,
+        lr=1e-3,
+        device="cpu",
+        logger=LoggingConfig(log_to_wandb=False),
+        n_checkpoints=0,
+        output_path=str(output),
+        checkpoint_path=str(output / "checkpoints"),
+        n_batches_for_norm_estimate=10,
+        verbose=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def held_out_acts() -> torch.Tensor:
+    model = load_model(TINY_LM_NAME)
+    tokens = model.to_tokens(["The return value is a list of strings, one per line of the file."] * 2)
+    _, cache = model.run_with_cache(tokens, names_filter=HOOK)
+    return cache[HOOK][:, 1:].reshape(-1, 128)
+
+
+def _normalized_mse(sae: SAE, acts: torch.Tensor) -> float:
+    with torch.no_grad():
+        out = sae(acts)
+    return float((out - acts).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum())
+
+
+@pytest.mark.parametrize("architecture", ["hybrid", "ksparse", "vanilla", "gated"])
+def test_runner_trains_offline_and_round_trips(architecture: str, tmp_path: Path, held_out_acts: torch.Tensor) -> None:
+    runner = make_saelens_runner(_runner_config(architecture, tmp_path / "out"))
+    before = _normalized_mse(runner.sae, held_out_acts)
+    trained = runner.run()
+
+    saved = tmp_path / "out"
+    assert (saved / "cfg.json").exists() and (saved / "sae_weights.safetensors").exists()
+    loaded = SAE.load_from_disk(str(saved))
+    if architecture == "hybrid":
+        assert isinstance(loaded, HybridSAE)
+    after = _normalized_mse(loaded, held_out_acts)
+    assert after < 0.6 * before, f"{architecture}: normalized MSE {before:.3f} -> {after:.3f}"
+
+    reloaded = SAE.load_from_disk(str(saved))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(held_out_acts), loaded(held_out_acts), rtol=0, atol=0)
+        torch.testing.assert_close(reloaded.encode(held_out_acts), loaded.encode(held_out_acts), rtol=0, atol=0)
+        torch.testing.assert_close(loaded(held_out_acts), trained(held_out_acts), rtol=1e-4, atol=1e-4)

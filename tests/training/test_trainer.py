@@ -1,0 +1,75 @@
+"""The trainer: gradient accumulation, exact resume, non-finite detection, all four architectures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _workload import activations, config, trainer  # noqa: E402
+
+from hybrid_sae_ext.training.trainer import NonFiniteError  # noqa: E402
+
+
+def _weights(run) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in run.sae.state_dict().items()}
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("architecture", ["hybrid", "ksparse", "vanilla", "gated"])
+def test_grad_accumulation_equals_the_large_batch(architecture: str) -> None:
+    base = dict(architecture=architecture, total_steps=6, l1_coefficient=0.1)
+    whole = trainer(config(**base, grad_accum_steps=1)).train()
+    accumulated = trainer(config(**base, grad_accum_steps=4)).train()
+    _assert_same_weights(_weights(whole), _weights(accumulated))
+    assert whole.history[-1].loss == pytest.approx(accumulated.history[-1].loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["hybrid", "ksparse", "vanilla", "gated"])
+def test_loss_falls(architecture: str) -> None:
+    result = trainer(config(architecture=architecture, total_steps=40, l1_coefficient=0.1)).train()
+    first, last = result.history[0], result.history[-1]
+    assert last.loss < first.loss
+    assert last.normalized_mse < 0.7 * first.normalized_mse
+
+
+def test_resume_in_process_matches_uninterrupted(tmp_path: Path) -> None:
+    reference = trainer(config()).train()
+    first = trainer(config(tmp_path, total_steps=30))
+    for _ in range(13):
+        first.train_step()
+        first.save_checkpoint()
+    resumed = trainer(config(tmp_path))
+    assert resumed.resume() and resumed.step == 13
+    result = resumed.train()
+    assert result.steps == 30 and result.tokens == 30 * 64
+    _assert_same_weights(_weights(reference), _weights(resumed))
+
+
+def test_nan_in_a_batch_stops_at_that_step() -> None:
+    acts = activations()
+    run = trainer(config(batch_size=64, total_steps=10), acts)
+    for _ in range(3):
+        run.train_step()
+    run.source.activations[run.source._order[run.source.offset]] = float("nan")
+    before = _weights(run)
+    with pytest.raises(NonFiniteError, match=r"non-finite training signal at step 3 \(NaN/inf in the input"):
+        run.train_step()
+    _assert_same_weights(before, _weights(run))
+
+
+def test_nan_batch_is_skipped_when_asked() -> None:
+    acts = activations()
+    run = trainer(config(batch_size=64, total_steps=10, skip_nonfinite_batches=True), acts)
+    run.source.activations[run.source._order[70]] = float("nan")  # lands in the second batch
+    result = run.train()
+    assert result.skipped_batches == 1 and result.steps == 10
+    assert all(torch.isfinite(p).all() for p in result.sae.parameters())
