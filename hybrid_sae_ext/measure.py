@@ -1,0 +1,84 @@
+"""Measuring runs: time with device sync, peak memory, device name and library versions.
+
+Why: benchmarks and experiments report time and memory side by side with their peers; measuring
+the same way everywhere keeps those ratios honest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import importlib.metadata as md
+import os
+import platform
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextlib.contextmanager
+def peak_memory(device: str) -> Iterator[Callable[[], float]]:
+    """Yield a getter of the peak memory (MiB) above the level at entry: the CUDA allocator's
+    peak, or the process RSS sampled every 2 ms by a thread (freed heap first returned to the OS,
+    so memory of earlier SAEs does not hide this one's growth)."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        yield lambda: (torch.cuda.max_memory_allocated() - base) / 2**20
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    base = peak = rss_bytes()
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(0.002):
+            peak = max(peak, rss_bytes())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield lambda: (max(peak, rss_bytes()) - base) / 2**20
+    finally:
+        stop.set()
+        thread.join()
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    """Seconds ``fn()`` takes, device work included."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def device_name(device: str) -> str:
+    """GPU name, or ``cpu-<model>-<n>cores``, in filename characters."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+        models = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+        name = f"cpu-{models[0] if models else platform.processor()}-{os.cpu_count()}cores"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+
+
+def versions() -> dict[str, str]:
+    found = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in md.distributions()}
+    return {p: found.get(p, "not installed") for p in ("torch", "sae-lens", "eai-sparsify")}
