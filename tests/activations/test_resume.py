@@ -1,0 +1,73 @@
+"""A capture killed with SIGKILL resumes into exactly the cache an uninterrupted run writes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hybrid_sae_ext.activations import capture_activations, open_cache, read_manifest
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "capture_activations.py"
+# Runs the CLI with a pause after every shard, so the kill lands mid-run however fast the machine is.
+SLOW_CLI = """
+import runpy, sys, time
+from hybrid_sae_ext.activations.cache import CacheWriter
+write = CacheWriter.write_shard
+CacheWriter.write_shard = lambda self, tensors: (write(self, tensors), time.sleep(120))[0]
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _argv(config) -> list[str]:
+    return [
+        "--output_dir", config.output_dir, "--model_name", config.model_name,
+        "--hook_names", *config.hook_names, "--context_size", str(config.context_size),
+        "--total_tokens", str(config.total_tokens), "--tokens_per_shard", str(config.tokens_per_shard),
+        "--batch_size", str(config.batch_size), "--progress", "false", "--measure_read", "false",
+    ]  # fmt: skip
+
+
+def _wait_for_listed_shard(manifest: Path, process: subprocess.Popen, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()
+        if manifest.exists() and json.loads(manifest.read_text())["shards"]:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the capture wrote no shard in time")
+
+
+def test_sigkilled_capture_resumes_to_the_uninterrupted_cache(model, small_config, tmp_path) -> None:
+    reference = small_config(tmp_path / "reference")
+    capture_activations(reference, model)
+
+    killed = small_config(tmp_path / "killed")
+    command = [sys.executable, "-c", SLOW_CLI, str(SCRIPT), *_argv(killed)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TQDM_DISABLE": "1"})
+    try:
+        _wait_for_listed_shard(tmp_path / "killed" / "manifest.json", process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    partial = read_manifest(tmp_path / "killed")
+    assert not partial.complete and 0 < len(partial.shards) < 4
+
+    report = capture_activations(killed, model)
+    assert report.new_tokens == 700 - partial.total_tokens
+    resumed_text = (tmp_path / "killed" / "manifest.json").read_text()
+    assert resumed_text == (tmp_path / "reference" / "manifest.json").read_text()
+    assert open_cache(tmp_path / "killed").manifest.complete  # checksums re-verified against the files
+    assert capture_activations(killed, model).new_tokens == 0  # a finished cache is left alone
+
+
+def test_killed_after_the_last_shard_only_finishes_the_manifest(model, small_config, tmp_path) -> None:
+    config = small_config(tmp_path, total_tokens=400)
+    capture_activations(config, model)
+    finished = (tmp_path / "manifest.json").read_text()
+    (tmp_path / "manifest.json").write_text(finished.replace('"complete": true', '"complete": false'))
+    assert capture_activations(config, model).new_tokens == 0
+    assert (tmp_path / "manifest.json").read_text() == finished
