@@ -1,0 +1,75 @@
+"""What ``scripts/evaluate_sae.py`` does, as an importable function with a typed config.
+
+Why: the script stays a thin argument parser, and the load-evaluate-write path is testable
+in-process. The SAE folder is read with ``SAE.load_from_disk`` (any registered architecture,
+``hybrid`` included, since importing ``hybrid_sae_ext`` registers it); the model is loaded by
+name with ``hybrid_sae_ext.models.load_model``, so the embedded default works offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sae_lens import SAE
+
+import hybrid_sae_ext  # noqa: F401  (registers the hybrid architecture with SAELens)
+from hybrid_sae_ext.evals.data import load_eval_tokens
+from hybrid_sae_ext.evals.splice import SpliceEvalResult, evaluate_sae
+from hybrid_sae_ext.io import write_json_atomic
+from hybrid_sae_ext.models import CORPUS_DIR, TINY_LM_NAME, load_model
+
+
+@dataclass
+class EvaluateSAEConfig:
+    """Which SAE to splice into which model, on which held-out tokens, and where to write the metrics."""
+
+    sae_path: str
+    """Folder written by SAELens' ``save_model`` (cfg.json + sae_weights.safetensors)."""
+    model_name: str = TINY_LM_NAME
+    """Model name or folder for ``hybrid_sae_ext.models.load_model``."""
+    output: str | None = None
+    """JSON file for the metrics; default ``<sae_path>/splice_eval.json``."""
+    dataset: str = str(CORPUS_DIR)
+    """Parquet folder or hub dataset with a ``text`` column."""
+    split: str = "validation"
+    """Held-out split to evaluate on."""
+    context_size: int | None = None
+    """Tokens per row; default the SAE's training context size, else the model's n_ctx."""
+    batch_size: int = 8
+    """Rows per forward pass."""
+    n_batches: int = 10
+    """Batches to evaluate (``batch_size * n_batches`` rows, read in corpus order)."""
+    hook_name: str | None = None
+    """Hook point to splice at; default the SAE's own ``metadata.hook_name``."""
+    exclude_special_tokens: bool = True
+    """Leave BOS/EOS/PAD positions unspliced and uncounted (SAELens' default)."""
+    dense_threshold: float = 0.1
+    """Firing frequency above which a latent counts as dense."""
+    device: str = "cpu"
+    """Device for the model and the SAE."""
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output) if self.output else Path(self.sae_path) / "splice_eval.json"
+
+
+def evaluate_from_config(cfg: EvaluateSAEConfig) -> SpliceEvalResult:
+    """Load the SAE, the model and the tokens, evaluate, and write ``cfg.output_path`` atomically."""
+    sae = SAE.load_from_disk(cfg.sae_path, device=cfg.device)
+    model = load_model(cfg.model_name, device=cfg.device)
+    context_size = cfg.context_size or sae.cfg.metadata.context_size or model.cfg.n_ctx
+    tokens = load_eval_tokens(
+        model, cfg.dataset, cfg.split, context_size=context_size, n_rows=cfg.batch_size * cfg.n_batches
+    )
+    result = evaluate_sae(
+        model,
+        sae,
+        tokens,
+        hook_name=cfg.hook_name,
+        batch_size=cfg.batch_size,
+        exclude_special_tokens=cfg.exclude_special_tokens,
+        dense_threshold=cfg.dense_threshold,
+    )
+    write_json_atomic(cfg.output_path, {"config": asdict(cfg), **result.to_dict()})
+    return result
