@@ -254,13 +254,15 @@ class Trainer:
         return True
 
     # ----- the loop -----------------------------------------------------------------------------
-    def train(self) -> TrainResult:
+    def train(self, stop_at_step: int | None = None) -> TrainResult:
+        """Train to ``cfg.total_steps`` (or pause at ``stop_at_step``; the schedule stays the full run's)."""
+        end = min(self.cfg.total_steps, stop_at_step or self.cfg.total_steps)
         run = self._start_wandb()
         history: list[StepMetrics] = []
         start, start_tokens = time.perf_counter(), self.tokens_seen
         bar = tqdm(total=self.cfg.total_steps, initial=self.step, desc=self.cfg.architecture,
                    disable=not (self.cfg.progress_bar and self.parallel.is_main))
-        while self.step < self.cfg.total_steps:
+        while self.step < end:
             metrics = self.train_step()
             if metrics is None:
                 continue
@@ -272,7 +274,7 @@ class Trainer:
                                 dead=f"{100 * metrics.dead_fraction:.1f}%")
                 if run is not None:
                     run.log({**dataclasses.asdict(metrics), "tokens_per_s": tokens_per_s}, step=self.step)
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.total_steps:
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == end:
                 self.save_checkpoint()
         bar.close()
         if run is not None:
