@@ -75,10 +75,10 @@ class ComparisonConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.context_size < 2:
             raise ValueError(f"context_size must be >= 2, got {self.context_size}")
-        for arch in self.architectures:
-            TrainConfig(architecture=arch, d_sae=self.n_features, k=min(self.k))  # validates the names
         if any(k < 1 or k > self.n_features for k in self.k):
             raise ValueError(f"every k must satisfy 1 <= k <= n_features={self.n_features}, got {self.k}")
+        for arch in self.architectures:
+            TrainConfig(architecture=arch, d_sae=self.n_features, k=min(self.k))  # validates the names
 
     @property
     def hook_name(self) -> str:
@@ -171,6 +171,7 @@ def run_comparison(cfg: ComparisonConfig) -> dict[str, Any]:
             "dead_fraction": evaluation.n_dead / evaluation.d_sae,
             "train_seconds": trained.train_seconds[name], "peak_memory_mib": step_memory_mib(configs[name], acts),
             "curve": [dataclasses.asdict(m) for m in trained.history[name]],
+            "feature_density": evaluation.feature_density,
         })
     clean = {"ce_loss_clean": evaluation.ce_loss_clean, "ce_loss_zero_ablation": evaluation.ce_loss_zero_ablation}
     return {
@@ -193,7 +194,7 @@ def comparison_table(results: list[dict[str, Any]], target_l0: float) -> list[di
     reference = picks.get(REFERENCE)
     table = []
     for arch, row in picks.items():
-        entry = {key: value for key, value in row.items() if key != "curve"}
+        entry = {key: value for key, value in row.items() if key not in ("curve", "feature_density")}
         if reference is not None:
             entry["time_vs_ksparse"] = row["train_seconds"] / reference["train_seconds"]
             entry["memory_vs_ksparse"] = (

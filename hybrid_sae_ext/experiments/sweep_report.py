@@ -1,0 +1,166 @@
+"""Write a scaling sweep's results: ``scaling.json``, ``scaling.md`` and log-log figures (PNG + SVG).
+
+Why a separate module: the report only reads the JSON-able result of ``sweep.derive_scaling_laws``,
+so tables and figures can be regenerated from a saved ``scaling.json`` without retraining.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on CI machines or GPU nodes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hybrid_sae_ext.experiments.scaling import PowerLawFit, predict  # noqa: E402
+from hybrid_sae_ext.io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
+
+FIGURES = ("loss_vs_n_features", "loss_vs_tokens")
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """All files of one sweep under ``out``; each written atomically."""
+    write_json_atomic(out / "scaling.json", report)
+    write_text_atomic(out / "scaling.md", markdown(report))
+    for name, figure in zip(FIGURES, (figure_n_features(report), figure_tokens(report))):
+        for suffix in ("png", "svg"):
+            with atomic_path(out / f"{name}.{suffix}") as tmp:
+                figure.savefig(tmp, format=suffix, dpi=150, bbox_inches="tight")
+        plt.close(figure)
+
+
+def _law(fit: dict[str, Any]) -> PowerLawFit | None:
+    return None if "error" in fit else PowerLawFit(**fit)
+
+
+def _ci(fit: dict[str, Any], name: str) -> str:
+    """``value [low, high]``, or the reason the fit failed."""
+    if "error" in fit:
+        return f"fit failed: {fit['error']}"
+    return f"{fit['params'][name]:.3g} [{fit['ci_low'][name]:.3g}, {fit['ci_high'][name]:.3g}]"
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> list[str]:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def _point(fit: dict[str, Any], name: str) -> str:
+    return "" if "error" in fit else f"{fit['params'][name]:.3g}"
+
+
+def _r2(fit: dict[str, Any]) -> str:
+    return "" if "error" in fit else f"{fit['r_squared']:.4f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Tables of the fitted exponents (with bootstrap intervals and R^2) and of the measured points."""
+    cfg, fits, points = report["config"], report["fits"], report["points"]
+    joint = fits["joint_n_k"]
+    level = f"{100 * cfg['confidence']:g}%"
+    final = fits["final_tokens"]
+    budgets = sorted({p["tokens"] for p in points})
+    seconds = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
+    libraries = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    lines = [
+        f"# SAE scaling laws: `{cfg['architecture']}` on `{cfg['model']}` `{report['hook']}`",
+        "",
+        f"{len(cfg['widths'])} widths x {len(cfg['ks'])} k values, trained together in one pass of "
+        f"{final:,} tokens ({report['train_rows']:,} distinct training rows) and evaluated at {len(budgets)} "
+        f"token checkpoints. Loss = held-out FVU on {report['heldout_rows']:,} validation-split tokens "
+        f"(d_in {report['d_in']}). Device `{report['device']}`; {libraries}. Seconds: {seconds}. "
+        f"Intervals: {level} bootstrap over points ({cfg['n_boot']} resamples).",
+        "",
+        f"## L(N) = a N^-alpha + c per k, at {final:,} tokens",
+        "",
+        *_table(["k", f"alpha [{level}]", "a", f"c [{level}]", "R²", "points"], (
+            [k, _ci(f, "alpha"), _point(f, "a"), _ci(f, "c"), _r2(f), f.get("n_points", "")]
+            for k, f in fits["n_per_k"].items())),
+        "",
+        f"## L(N, k) = a N^-alpha k^-beta + c, at {final:,} tokens",
+        "",
+        *_table([f"alpha [{level}]", f"beta [{level}]", "a", f"c [{level}]", "R²", "points"], [[
+            _ci(joint, "alpha"), _ci(joint, "beta"), _point(joint, "a"), _ci(joint, "c"), _r2(joint),
+            joint.get("n_points", "")]]),
+        "",
+        "## L(T) = a T^-alpha + c per run (T: training tokens)",
+        "",
+        *_table(["n_features", "k", f"alpha [{level}]", f"c [{level}]", "R²"], (
+            [f["n_features"], f["k"], _ci(f, "alpha"), _ci(f, "c"), _r2(f)] for f in fits["tokens_per_run"])),
+        "",
+        "## Held-out FVU per token checkpoint; L0 and dead fraction at the last",
+        "",
+        *_table(["n_features", "k", *(f"FVU @ {t:,}" for t in budgets), "L0", "dead"], (
+            [n, k, *(f"{p['fvu']:.4f}" for p in run), f"{run[-1]['l0']:.1f}", f"{run[-1]['dead_fraction']:.3f}"]
+            for (n, k), run in _runs(points).items())),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _runs(points: list[dict[str, Any]]) -> dict[tuple[int, int], list[dict[str, Any]]]:
+    """Points grouped by (n_features, k), each group ordered by tokens."""
+    runs: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for p in sorted(points, key=lambda p: (p["n_features"], p["k"], p["tokens"])):
+        runs.setdefault((p["n_features"], p["k"]), []).append(p)
+    return runs
+
+
+def _title(report: dict[str, Any], what: str) -> str:
+    cfg = report["config"]
+    return f"{cfg['architecture']} SAE on {Path(cfg['model']).name} {report['hook']}: {what}"
+
+
+def figure_n_features(report: dict[str, Any]) -> plt.Figure:
+    """FVU vs n_features at the final budget, one colour per k: points, per-k fit (solid), joint fit (dashed)."""
+    fits, final = report["fits"], report["fits"]["final_tokens"]
+    widths = np.asarray(report["config"]["widths"], dtype=np.float64)
+    grid = np.geomspace(widths.min() / 1.2, widths.max() * 1.2, 100)
+    joint = _law(fits["joint_n_k"])
+    figure, axes = plt.subplots(figsize=(7, 5))
+    for color, k in zip(plt.get_cmap("viridis")(np.linspace(0, 0.9, len(fits["n_per_k"]))), fits["n_per_k"]):
+        chosen = [p for p in report["points"] if p["tokens"] == final and str(p["k"]) == k]
+        fit = fits["n_per_k"][k]
+        label = f"k={k}: alpha={fit['params']['alpha']:.2f}" if "error" not in fit else f"k={k} (fit failed)"
+        axes.plot([p["n_features"] for p in chosen], [p["fvu"] for p in chosen], "o", color=color, label=label)
+        if (law := _law(fit)) is not None:
+            axes.plot(grid, predict(law, grid), "-", color=color)
+        if joint is not None:
+            axes.plot(grid, predict(joint, grid, np.full_like(grid, float(k))), "--", color=color, alpha=0.6)
+    if joint is not None:
+        p = joint.params
+        axes.plot([], [], "--", color="gray", label=f"joint: alpha={p['alpha']:.2f}, beta={p['beta']:.2f}")
+    axes.set(xscale="log", yscale="log", xlabel="n_features (SAE width)", ylabel="held-out FVU",
+             title=_title(report, f"FVU vs width at {final:,} tokens"))
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(title="L = a N^-alpha + c")
+    return figure
+
+
+def figure_tokens(report: dict[str, Any]) -> plt.Figure:
+    """FVU vs training tokens, one panel per k, one colour per width, with the per-run L(T) fits."""
+    cfg, fits = report["config"], {(f["n_features"], f["k"]): f for f in report["fits"]["tokens_per_run"]}
+    budgets = np.asarray(sorted({p["tokens"] for p in report["points"]}), dtype=np.float64)
+    grid = np.geomspace(budgets.min() / 1.2, budgets.max() * 1.2, 100)
+    figure, panels = plt.subplots(1, len(cfg["ks"]), figsize=(4.5 * len(cfg["ks"]), 4.5), sharey=True, squeeze=False)
+    colors = dict(zip(cfg["widths"], plt.get_cmap("plasma")(np.linspace(0, 0.85, len(cfg["widths"])))))
+    runs = _runs(report["points"])
+    for axes, k in zip(panels[0], cfg["ks"]):
+        for n in cfg["widths"]:
+            run, fit = runs[(n, k)], fits[(n, k)]
+            label = f"N={n}" + (f": alpha_T={fit['params']['alpha']:.2f}" if "error" not in fit else " (fit failed)")
+            axes.plot([p["tokens"] for p in run], [p["fvu"] for p in run], "o", color=colors[n], label=label)
+            if (law := _law(fit)) is not None:
+                axes.plot(grid, predict(law, grid), "-", color=colors[n])
+        axes.set(xscale="log", yscale="log", xlabel="training tokens", title=f"k = {k}")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize="small")
+    panels[0][0].set_ylabel("held-out FVU")
+    figure.suptitle(_title(report, "FVU vs training tokens (fits: L = a T^-alpha + c)"))
+    figure.tight_layout()
+    return figure
