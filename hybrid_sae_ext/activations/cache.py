@@ -162,6 +162,10 @@ class ActivationCache:
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{path}: cannot read tensor {hook_name!r} ({err})") from err
 
+    def load_all(self, hook_name: str) -> torch.Tensor:
+        """Every shard of one hook as one float32 ``[tokens, d_in]`` tensor (for caches that fit in memory)."""
+        return torch.cat([self.load_shard(i, hook_name).float() for i in range(self.num_shards)])
+
 
 def open_cache(
     directory: Path | str,

@@ -109,8 +109,7 @@ def capture(cfg: ComparisonConfig, model: Any) -> torch.Tensor:
                       tokens_per_shard=min(cfg.tokens, 1 << 16), device=cfg.device),
         model=model,
     )
-    cache = open_cache(cache_dir, hook_name=cfg.hook_name)
-    return torch.cat([cache.load_shard(i, cfg.hook_name).float() for i in range(cache.num_shards)])
+    return open_cache(cache_dir, hook_name=cfg.hook_name).load_all(cfg.hook_name)
 
 
 def train_config(cfg: ComparisonConfig, arch: str, setting: dict[str, float], steps: int) -> TrainConfig:

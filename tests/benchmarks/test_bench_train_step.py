@@ -3,26 +3,13 @@
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train_step.py"
 
-
-def _load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_reports_every_sae(tmp_path: Path) -> None:
-    bench = _load_benchmark()
+def test_benchmark_reports_every_sae(tmp_path: Path, load_benchmark) -> None:
+    bench = load_benchmark("bench_train_step")
     k, d_sae = 4, 64
     args = ["--d-in", "16", "--d-sae", str(d_sae), "--k", str(k), "--batch", "32", "--steps", "3",
             "--warmup", "1", "--inference-batch", "64", "--inference-reps", "1", "--device", "cpu",
