@@ -1,0 +1,208 @@
+"""What ``scripts/train_hybrid_sae.py`` does: capture (if needed), train from the cache, save, evaluate.
+
+Why a library module: the script stays a thin argument parser, and every step is importable and
+testable. The order is chosen so that every mistake we can detect (bad config, unknown hook, a cache
+of another model or width, a checkpoint of another run) stops the run with a one-line error
+*before* any capture or training time is spent. Under ``torchrun`` every rank validates and reads
+the same global batches (the trainer slices them); only rank 0 captures, saves and evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import simple_parsing
+import torch
+import torch.distributed as dist
+from sae_lens import SAE
+from sae_lens.saes.sae import TrainingSAE
+from transformer_lens import HookedTransformer
+
+from hybrid_sae_ext.activations import CaptureConfig, capture_activations, capture_batch, read_manifest, stop_layer
+from hybrid_sae_ext.activations.cache import MANIFEST_FILE
+from hybrid_sae_ext.activations.capture import validate_hook_names
+from hybrid_sae_ext.distributed.data_parallel import DataParallel, init_from_environment
+from hybrid_sae_ext.evals import SpliceEvalResult, evaluate_sae, load_eval_tokens
+from hybrid_sae_ext.io import write_json_atomic
+from hybrid_sae_ext.models import TINY_LM_NAME, ModelUnavailableError, load_model
+from hybrid_sae_ext.training.cache_source import CacheActivationSource
+from hybrid_sae_ext.training.checkpoint import CheckpointError, CheckpointManager
+from hybrid_sae_ext.training.config import TrainConfig
+from hybrid_sae_ext.training.trainer import Trainer
+
+EVAL_FILE = "eval.json"
+
+
+@dataclass
+class TrainScriptConfig:
+    """One training run from the command line: the trainer's config plus where the activations come from."""
+
+    cache_dir: str
+    """Activation cache folder; captured first (resumably) when missing or unfinished, else used as is."""
+    out: str
+    """Folder for the final SAE (SAELens ``save_inference_model``: cfg.json + sae_weights.safetensors) and eval.json."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: str = TINY_LM_NAME
+    """Model name or folder for ``load_model`` (the embedded default works offline)."""
+    hook_name: str = "blocks.1.hook_resid_pre"
+    """Hook point whose activations the SAE reconstructs."""
+    tokens: int = 1 << 20
+    """Activation rows to capture (embedded corpus, train split) when the cache must be captured."""
+    context_size: int = 128
+    """Tokens per sequence when capturing, and for the evaluation rows."""
+    skip_bos: bool = True
+    """Capture without the BOS position (an outlier the evaluation excludes too)."""
+    resume: bool = False
+    """Continue from the newest good checkpoint in --checkpoint_dir (start fresh if there is none)."""
+    eval_batches: int = 10
+    """Batches of held-out validation rows to splice-evaluate after training (0: skip the evaluation)."""
+    eval_batch_size: int = 8
+    """Rows per evaluation batch."""
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "context_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
+        if self.eval_batches < 0:
+            raise ValueError(f"eval_batches must be >= 0, got eval_batches={self.eval_batches}")
+
+
+@dataclass
+class TrainScriptResult:
+    """What one invocation did; throughput counts only this process's tokens, so it is right after a resume."""
+
+    steps: int
+    new_tokens: int
+    seconds: float
+    evaluation: SpliceEvalResult | None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def hook_width(model: HookedTransformer, hook_name: str) -> int:
+    """d_in of ``hook_name``, from a two-token forward pass (trailing dims flattened, as the cache stores them)."""
+    probe = torch.zeros((1, 2), dtype=torch.long)
+    return int(capture_batch(model, probe, [hook_name], stop_layer([hook_name]))[hook_name].shape[1])
+
+
+def check_checkpoint_dir(cfg: TrainScriptConfig) -> None:
+    """Refuse to start a fresh run over old checkpoints: pruning would delete the new ones first."""
+    directory = cfg.train.checkpoint_dir
+    if cfg.resume and directory is None:
+        raise ValueError("--resume needs --checkpoint_dir (where the run's checkpoints are)")
+    existing = CheckpointManager(directory).checkpoints() if directory is not None else []
+    if existing and not cfg.resume:
+        raise ValueError(
+            f"checkpoint_dir={directory} already holds checkpoints (newest {existing[0].name}); "
+            "pass --resume to continue that run, or choose an empty folder"
+        )
+
+
+def ensure_cache(cfg: TrainScriptConfig, model: HookedTransformer, show_progress: bool) -> None:
+    """Capture ``cfg.cache_dir`` unless a finished cache is there (an unfinished one is resumed)."""
+    if (Path(cfg.cache_dir) / MANIFEST_FILE).exists() and (manifest := read_manifest(cfg.cache_dir)).complete:
+        print(f"using the finished cache {cfg.cache_dir} ({manifest.total_tokens} tokens; --tokens is not used)")
+        return
+    capture = CaptureConfig(
+        output_dir=cfg.cache_dir, model_name=cfg.model, hook_names=[cfg.hook_name], context_size=cfg.context_size,
+        skip_bos_activations=cfg.skip_bos, total_tokens=cfg.tokens, device=cfg.train.device, progress=show_progress,
+    )  # fmt: skip
+    report = capture_activations(capture, model)
+    print(f"captured {report.new_tokens} tokens into {cfg.cache_dir} ({report.tokens_per_second:,.0f} tokens/s)")
+
+
+def prepare(cfg: TrainScriptConfig, parallel: DataParallel) -> tuple[HookedTransformer, CacheActivationSource, Trainer]:
+    """Validate everything, capture if needed, build the trainer and resume it; raises ValueError-like errors."""
+    cfg.train.micro_batch_size(parallel.world_size)
+    check_checkpoint_dir(cfg)
+    model = load_model(cfg.model, device=cfg.train.device)
+    validate_hook_names(model, [cfg.hook_name])
+    d_in = hook_width(model, cfg.hook_name)
+    if parallel.is_main:
+        ensure_cache(cfg, model, cfg.train.progress_bar)
+    parallel.barrier()
+    source = CacheActivationSource(cfg.cache_dir, cfg.hook_name, seed=cfg.train.seed, d_in=d_in, model_name=cfg.model)
+    trainer = Trainer(cfg.train, source, parallel=parallel)
+    if cfg.resume:
+        if trainer.resume():
+            print(f"resumed from {trainer.last_checkpoint} (step {trainer.step})")
+        else:
+            print(f"no checkpoint in {cfg.train.checkpoint_dir}; starting from step 0")
+    return model, source, trainer
+
+
+def save_sae(sae: TrainingSAE[Any], cfg: TrainScriptConfig, context_size: int) -> SAE[Any]:
+    """Write the inference SAE with the metadata SAELens tools read, and load it back as they would."""
+    metadata = sae.cfg.metadata
+    metadata.model_name, metadata.hook_name = cfg.model, cfg.hook_name
+    metadata.context_size, metadata.prepend_bos = context_size, True
+    sae.save_inference_model(cfg.out)
+    return SAE.load_from_disk(cfg.out, device=cfg.train.device)
+
+
+def evaluate(model: HookedTransformer, sae: SAE[Any], cfg: TrainScriptConfig, context_size: int) -> SpliceEvalResult:
+    """Splice-evaluate on the embedded corpus' validation split: text the SAE was not trained on."""
+    tokens = load_eval_tokens(
+        model, split="validation", context_size=context_size, n_rows=cfg.eval_batches * cfg.eval_batch_size
+    )
+    return evaluate_sae(model, sae, tokens, cfg.hook_name, batch_size=cfg.eval_batch_size)
+
+
+def train_and_save(
+    cfg: TrainScriptConfig,
+    parallel: DataParallel,
+    model: HookedTransformer,
+    source: CacheActivationSource,
+    trainer: Trainer,
+) -> TrainScriptResult:
+    """Train, then (rank 0) save the SAE to ``cfg.out`` and write ``eval.json`` there."""
+    start_tokens = trainer.tokens_seen
+    with source:
+        result = trainer.train()
+    summary = TrainScriptResult(result.steps, result.tokens - start_tokens, result.seconds, None)
+    if parallel.is_main:
+        context_size = source.cache.manifest.context_size
+        sae = save_sae(trainer.sae, cfg, context_size)
+        if cfg.eval_batches:
+            summary.evaluation = evaluate(model, sae, cfg, context_size)
+            training = {
+                "steps": summary.steps,
+                "tokens_this_run": summary.new_tokens,
+                "seconds_this_run": summary.seconds,
+                "tokens_per_second": summary.tokens_per_second,
+            }
+            write_json_atomic(Path(cfg.out) / EVAL_FILE, {
+                "config": json.loads(json.dumps(asdict(cfg), default=str)),
+                "training": training, **summary.evaluation.to_dict(),
+            })  # fmt: skip
+    parallel.barrier()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse, validate, train, report; bad input exits non-zero with a one-line message before any training."""
+    try:
+        cfg = simple_parsing.parse(TrainScriptConfig, args=argv)
+        parallel = init_from_environment()
+        prepared = prepare(cfg, parallel)
+    except (ValueError, CheckpointError, ModelUnavailableError) as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        run = train_and_save(cfg, parallel, *prepared)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if parallel.is_main:
+        print(
+            f"trained {run.steps} steps: {run.new_tokens} tokens in {run.seconds:.1f}s "
+            f"({run.tokens_per_second:,.0f} tokens/s); saved the SAE to {cfg.out}"
+        )
+        if run.evaluation is not None:
+            metrics = run.evaluation.summary()
+            print(", ".join(f"{k}={metrics[k]:.4g}" for k in ("ce_loss_recovered", "explained_variance", "l0_mean")))
+            print(f"wrote {Path(cfg.out) / EVAL_FILE}")

@@ -1,0 +1,147 @@
+"""scripts/train_hybrid_sae.py end to end: capture, train, save for SAELens, evaluate, wandb offline, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from sae_lens import SAE
+from safetensors.torch import load_file
+
+from hybrid_sae_ext import HybridSAE
+from hybrid_sae_ext.activations import CacheWriter, Manifest
+from hybrid_sae_ext.models import TINY_LM_NAME
+from hybrid_sae_ext.training.cli import main
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "train_hybrid_sae.py"
+HOOK = "blocks.1.hook_resid_pre"
+STEPS = 40
+TRAIN_ARGS = [
+    "--d_sae", "256", "-k", "8", "--batch_size", "1024", "--total_steps", str(STEPS), "--lr", "3e-3",
+    "--lr_warmup_steps", "5", "--lr_decay_steps", "10", "--dead_after_tokens", "4096", "--seed", "3",
+    "--progress_bar", "false",
+]  # fmt: skip
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    """One thread (faster on small shared CPUs, same float reduction order in every run); wandb kept in tmp."""
+    wandb = {name: str(tmp / "wandb-home") for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")}
+    return {**os.environ, **wandb, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp)}
+
+
+def _cli(tmp: Path, *args: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), "--cache_dir", str(tmp.parent / "cache"), *TRAIN_ARGS, *args]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run that captures the cache (20k tokens), logs to wandb offline and evaluates."""
+    tmp = tmp_path_factory.mktemp("cli") / "reference"
+    tmp.mkdir()
+    command = _cli(tmp, "--tokens", "20000", "--out", str(tmp / "out"), "--wandb_project", "cli-test",
+                   "--eval_batches", "2")  # fmt: skip
+    done = subprocess.run(command, env=_env(tmp), capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tokens/s" in done.stdout
+    return tmp
+
+
+def test_cli_writes_a_saelens_sae_and_its_evaluation(reference: Path) -> None:
+    out = reference / "out"
+    assert {"cfg.json", "sae_weights.safetensors", "eval.json"} <= {p.name for p in out.iterdir()}
+    sae = SAE.load_from_disk(str(out))
+    assert isinstance(sae, HybridSAE)
+    assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.metadata.hook_name) == (128, 256, HOOK)
+    assert sae.cfg.metadata.model_name == TINY_LM_NAME and sae.cfg.metadata.context_size == 128
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["hook_name"] == HOOK and evaluation["n_sequences"] == 16
+    assert evaluation["l0_mean"] <= 8 and math.isfinite(evaluation["ce_loss_recovered"])
+    assert evaluation["training"]["steps"] == STEPS and evaluation["training"]["tokens_per_second"] > 0
+
+
+def test_wandb_offline_writes_a_run_folder(reference: Path) -> None:
+    runs = list((reference / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+
+
+def _wait_for_checkpoint(directory: Path, process: subprocess.Popen, step: int, timeout_s: float = 120) -> str:
+    """The newest checkpoint's name, as soon as one of ``step`` or later is on disk."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        found = sorted(p.name for p in directory.glob("step-*"))
+        if found and found[-1] >= f"step-{step:09d}":
+            return found[-1]
+        time.sleep(0.005)
+    raise AssertionError(f"the CLI wrote no checkpoint of step {step} in time")
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(reference: Path) -> None:
+    tmp = reference.parent / "killed"
+    tmp.mkdir()
+    args = ("--out", str(tmp / "out"), "--checkpoint_dir", str(tmp / "ckpt"), "--checkpoint_every", "1",
+            "--eval_batches", "0")  # fmt: skip
+    process = subprocess.Popen(
+        _cli(tmp, *args), env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        newest = _wait_for_checkpoint(tmp / "ckpt", process, step=3)
+    finally:
+        process.send_signal(signal.SIGKILL)  # mid-step or mid-checkpoint, wherever it is now
+        process.communicate()
+    assert newest < f"step-{STEPS:09d}" and not (tmp / "out").exists(), "the run finished before the kill"
+
+    with pytest.raises(SystemExit, match=r"already holds checkpoints .*pass --resume to continue"):
+        main(_cli(tmp, *args)[2:])  # a fresh run would prune its own new checkpoints first
+
+    resumed = subprocess.run(
+        _cli(tmp, *args, "--resume"), env=_env(tmp), capture_output=True, text=True, timeout=240, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    want = load_file(str(reference / "out" / "sae_weights.safetensors"))
+    got = load_file(str(tmp / "out" / "sae_weights.safetensors"))
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _foreign_cache(directory: Path) -> Path:
+    """A finished cache that claims the default model and hook but holds 5-wide activations."""
+    manifest = Manifest(
+        model_name=TINY_LM_NAME, hook_names=[HOOK], d_in={HOOK: 5}, dtype="float32",
+        context_size=128, tokens_per_shard=64, config={},
+    )  # fmt: skip
+    writer = CacheWriter.create_or_resume(directory, manifest)
+    writer.write_shard({HOOK: torch.zeros(64, 5)})
+    writer.finish()
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("args", "foreign_cache", "message"),
+    [
+        (["--hook_name", "blocks.1.hook_resid_pree"], False, r"unknown hook name 'blocks.1.hook_resid_pree'"),
+        ([], True, rf"hook '{HOOK}' has d_in 5, expected 128"),
+        (["--d_sae", "16", "-k", "32"], False, r"k must satisfy 1 <= k <= d_sae=16, got k=32"),
+        (["--batch_size", "512", "--grad_accum_steps", "3"], False, r"grad_accum_steps=3 must divide batch_size=512"),
+    ],
+)
+def test_bad_input_stops_before_training(tmp_path: Path, args: list[str], foreign_cache: bool, message: str) -> None:
+    cache = _foreign_cache(tmp_path / "cache") if foreign_cache else tmp_path / "cache"
+    argv = ["--cache_dir", str(cache), "--out", str(tmp_path / "out"), "--tokens", "1000", "--progress_bar", "false"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, *args])
+    assert isinstance(exit_info.value.code, str)  # a message: the interpreter exits with status 1
+    assert exit_info.value.code.startswith("error: ") and re.search(message, exit_info.value.code)
+    assert not (tmp_path / "out").exists()
+    assert cache.exists() == foreign_cache  # nothing was captured
