@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import numpy as np
 import torch
 from sae_lens.saes.sae import TrainingSAE
 from torch import Tensor
@@ -37,7 +39,7 @@ logger = logging.getLogger(__name__)
 _GRIDS: dict[bool, dict[str, Any]] = {
     # debug: minutes on 2 CPU cores; full: one epoch of the embedded corpus (~544k tokens), for a GPU.
     True: {"widths": [256, 512, 1024, 2048], "ks": [8, 16, 32],
-           "token_checkpoints": [12_288, 24_576, 49_152, 98_304, 196_608], "heldout_tokens": 16_384},
+           "token_checkpoints": [12_288, 24_576, 49_152, 98_304, 196_608], "heldout_tokens": 8_192},
     False: {"widths": [512, 1024, 2048, 4096, 8192], "ks": [8, 16, 32, 64],
             "token_checkpoints": [32_768, 65_536, 131_072, 262_144, 524_288], "heldout_tokens": 24_576},
 }
@@ -63,7 +65,7 @@ class SweepConfig:
     dataset: str = "embedded"
     """Text to capture: train split for training, validation split for held-out evaluation."""
     cache_dir: str = ""
-    """Activation caches (reused across sweeps); empty: ``results/activations/<model>-<dataset>-<hook>``."""
+    """Activation caches (reused across sweeps); empty: ``cache/activations/<model>-<dataset>-<hook>`` (git-ignored)."""
     architecture: str = "hybrid"
     """Any architecture with a k (hybrid, ksparse/topk, batchtopk)."""
     widths: list[int] = field(default_factory=list)
@@ -71,7 +73,7 @@ class SweepConfig:
     ks: list[int] = field(default_factory=list)
     """k values; empty: the debug or full grid."""
     token_checkpoints: list[int] = field(default_factory=list)
-    """Training tokens at which every SAE is evaluated (increasing, multiples of batch_size); the last is the run length."""
+    """Tokens after which every SAE is evaluated (increasing, multiples of batch_size); the last ends the run."""
     heldout_tokens: int = 0
     """Held-out activations (validation split) for evaluation; 0: the debug or full grid."""
     batch_size: int = 1024
@@ -96,10 +98,11 @@ class SweepConfig:
             if not getattr(self, key):
                 setattr(self, key, value)
         self.out = self.out or f"results/scaling-{self.name or time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        self.cache_dir = self.cache_dir or f"results/activations/{Path(self.model).name}-{Path(self.dataset).name}-{self.hook}"
+        source = f"{Path(self.model).name}-{Path(self.dataset).name}-{self.hook}"
+        self.cache_dir = self.cache_dir or f"cache/activations/{source}"
         widths, ks, budgets = self.widths, self.ks, self.token_checkpoints
-        if len(set(widths)) < 4 or len(set(ks)) < 2:
-            raise ValueError(f"the N and (N, k) fits need >= 4 widths and >= 2 k values, got {widths} and {ks}")
+        if len(set(widths)) < 4 or len(set(ks)) < 2 or len(set(widths)) < len(widths) or len(set(ks)) < len(ks):
+            raise ValueError(f"the N and (N, k) fits need >= 4 distinct widths and >= 2 distinct k, got {widths}, {ks}")
         if len(budgets) < 4 or budgets != sorted(set(budgets)) or any(t % self.batch_size for t in budgets):
             raise ValueError(f"token_checkpoints must be >= 4 increasing multiples of batch_size={self.batch_size} "
                              f"(the L(T) fit has 3 parameters), got {budgets}")
@@ -149,13 +152,13 @@ def load_activations(cfg: SweepConfig) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def evaluate(sae: torch.nn.Module, heldout: Tensor) -> tuple[float, float, float]:
+def evaluate(sae: TrainingSAE[Any], heldout: Tensor) -> tuple[float, float, float]:
     """Held-out (FVU, L0, dead fraction) through the SAE's forward, codes read at ``hook_sae_acts_post``."""
     sae.eval()
     recon, latents = ReconstructionAccumulator(), LatentAccumulator.for_latents(sae.cfg.d_sae)
     for x in heldout.split(_EVAL_ROWS):
-        x = x.to(sae.W_dec.device)
-        x_hat, cache = sae.run_with_cache(x, names_filter="hook_sae_acts_post")  # type: ignore[operator]
+        x = x.to(sae.device)
+        x_hat, cache = sae.run_with_cache(x, names_filter="hook_sae_acts_post")
         recon.add(x, x_hat)
         latents.add(cache["hook_sae_acts_post"])
     return 1.0 - recon.explained_variance(), latents.l0_mean(), float((latents.fire_counts == 0).double().mean())
@@ -192,7 +195,8 @@ def run_sweep(cfg: SweepConfig, train: Tensor, heldout: Tensor) -> tuple[list[Po
 def _fit(fn: Callable[[], PowerLawFit]) -> dict[str, Any]:
     """A fit as a dict; a failed fit is recorded with its reason, so one bad cell does not lose the sweep."""
     try:
-        return fn().to_dict()
+        with np.errstate(over="ignore"):  # bootstrap resamples probe extreme exponents; exp overflow there is expected
+            return fn().to_dict()
     except (ValueError, RuntimeError, FloatingPointError) as err:
         logger.warning("fit failed: %s", err)
         return {"error": f"{type(err).__name__}: {err}"}
@@ -216,20 +220,20 @@ def fit_laws(cfg: SweepConfig, points: list[Point]) -> dict[str, Any]:
         "n_per_k": {str(k): _fit(lambda k=k: law_n(k)) for k in cfg.ks},
         "joint_n_k": _fit(lambda: fit_joint_power_law([p.n_features for p in final], [p.k for p in final],
                                                       [p.fvu for p in final], **opts)),
-        "tokens_per_run": [{"n_features": n, "k": k, **_fit(lambda n=n, k=k: law_t(n, k))}
+        "tokens_per_run": [{"n_features": n, "k": k, "fit": _fit(lambda n=n, k=k: law_t(n, k))}
                            for n in cfg.widths for k in cfg.ks],
     }
 
 
 def derive_scaling_laws(cfg: SweepConfig) -> dict[str, Any]:
     """Capture (or reuse) activations, run the sweep, fit, and write ``scaling.json``, ``scaling.md`` and figures."""
-    start = time.perf_counter()
+    begin = time.perf_counter()
     train, heldout = load_activations(cfg)
-    data_seconds = time.perf_counter() - start
+    data_seconds = time.perf_counter() - begin
     points, seconds = run_sweep(cfg, train, heldout)
     start = time.perf_counter()
     fits = fit_laws(cfg, points)
-    seconds.update(activations=data_seconds, fit=time.perf_counter() - start)
+    seconds.update(activations=data_seconds, fit=time.perf_counter() - start, total=time.perf_counter() - begin)
     report = {
         "config": dataclasses.asdict(cfg),
         "hook": cfg.hook,

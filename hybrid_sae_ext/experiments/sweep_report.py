@@ -13,11 +13,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on CI machines or GPU nodes
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from hybrid_sae_ext.experiments.scaling import PowerLawFit, predict  # noqa: E402
-from hybrid_sae_ext.io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
+from hybrid_sae_ext.experiments.scaling import PowerLawFit, predict
+from hybrid_sae_ext.io import atomic_path, write_json_atomic, write_text_atomic
 
 FIGURES = ("loss_vs_n_features", "loss_vs_tokens")
 
@@ -70,11 +72,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# SAE scaling laws: `{cfg['architecture']}` on `{cfg['model']}` `{report['hook']}`",
         "",
-        f"{len(cfg['widths'])} widths x {len(cfg['ks'])} k values, trained together in one pass of "
+        (f"{len(cfg['widths'])} widths x {len(cfg['ks'])} k values, trained together in one pass of "
         f"{final:,} tokens ({report['train_rows']:,} distinct training rows) and evaluated at {len(budgets)} "
         f"token checkpoints. Loss = held-out FVU on {report['heldout_rows']:,} validation-split tokens "
         f"(d_in {report['d_in']}). Device `{report['device']}`; {libraries}. Seconds: {seconds}. "
-        f"Intervals: {level} bootstrap over points ({cfg['n_boot']} resamples).",
+        f"Intervals: {level} bootstrap over points ({cfg['n_boot']} resamples)."),
         "",
         f"## L(N) = a N^-alpha + c per k, at {final:,} tokens",
         "",
@@ -91,7 +93,8 @@ def markdown(report: dict[str, Any]) -> str:
         "## L(T) = a T^-alpha + c per run (T: training tokens)",
         "",
         *_table(["n_features", "k", f"alpha [{level}]", f"c [{level}]", "R²"], (
-            [f["n_features"], f["k"], _ci(f, "alpha"), _ci(f, "c"), _r2(f)] for f in fits["tokens_per_run"])),
+            [run["n_features"], run["k"], _ci(run["fit"], "alpha"), _ci(run["fit"], "c"), _r2(run["fit"])]
+            for run in fits["tokens_per_run"])),
         "",
         "## Held-out FVU per token checkpoint; L0 and dead fraction at the last",
         "",
@@ -116,6 +119,22 @@ def _title(report: dict[str, Any], what: str) -> str:
     return f"{cfg['architecture']} SAE on {Path(cfg['model']).name} {report['hook']}: {what}"
 
 
+def _log_axes(axes: Axes, xticks: Iterable[float]) -> None:
+    """Log-log, x ticks at the swept values, plain y labels (every tick within a decade, else 1, 2, 3, 5 x 10^n)."""
+    axes.set(xscale="log", yscale="log")
+    axes.set_xticks(list(xticks), [f"{x / 1000:.0f}k" if x >= 10_000 else f"{x:g}" for x in xticks])
+    axes.xaxis.set_minor_formatter(NullFormatter())
+
+    def shown(v: float) -> bool:
+        low, high = axes.get_ylim()
+        return high / low < 10 or round(v / 10 ** np.floor(np.log10(v))) in (1, 2, 3, 5)
+
+    label = FuncFormatter(lambda v, _: f"{v:.2g}" if shown(v) else "")
+    axes.yaxis.set_major_formatter(label)
+    axes.yaxis.set_minor_formatter(label)
+    axes.grid(True, which="both", alpha=0.3)
+
+
 def figure_n_features(report: dict[str, Any]) -> plt.Figure:
     """FVU vs n_features at the final budget, one colour per k: points, per-k fit (solid), joint fit (dashed)."""
     fits, final = report["fits"], report["fits"]["final_tokens"]
@@ -123,9 +142,10 @@ def figure_n_features(report: dict[str, Any]) -> plt.Figure:
     grid = np.geomspace(widths.min() / 1.2, widths.max() * 1.2, 100)
     joint = _law(fits["joint_n_k"])
     figure, axes = plt.subplots(figsize=(7, 5))
-    for color, k in zip(plt.get_cmap("viridis")(np.linspace(0, 0.9, len(fits["n_per_k"]))), fits["n_per_k"]):
-        chosen = [p for p in report["points"] if p["tokens"] == final and str(p["k"]) == k]
-        fit = fits["n_per_k"][k]
+    ks = report["config"]["ks"]
+    for color, k in zip(plt.get_cmap("viridis")(np.linspace(0, 0.9, len(ks))), ks):
+        chosen = [p for p in report["points"] if p["tokens"] == final and p["k"] == k]
+        fit = fits["n_per_k"][str(k)]
         label = f"k={k}: alpha={fit['params']['alpha']:.2f}" if "error" not in fit else f"k={k} (fit failed)"
         axes.plot([p["n_features"] for p in chosen], [p["fvu"] for p in chosen], "o", color=color, label=label)
         if (law := _law(fit)) is not None:
@@ -135,16 +155,16 @@ def figure_n_features(report: dict[str, Any]) -> plt.Figure:
     if joint is not None:
         p = joint.params
         axes.plot([], [], "--", color="gray", label=f"joint: alpha={p['alpha']:.2f}, beta={p['beta']:.2f}")
-    axes.set(xscale="log", yscale="log", xlabel="n_features (SAE width)", ylabel="held-out FVU",
+    _log_axes(axes, widths)
+    axes.set(xlabel="n_features (SAE width)", ylabel="held-out FVU",
              title=_title(report, f"FVU vs width at {final:,} tokens"))
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(title="L = a N^-alpha + c")
+    axes.legend(title="fits: L = a N^-alpha + c", loc="upper left", bbox_to_anchor=(1.02, 1))
     return figure
 
 
 def figure_tokens(report: dict[str, Any]) -> plt.Figure:
     """FVU vs training tokens, one panel per k, one colour per width, with the per-run L(T) fits."""
-    cfg, fits = report["config"], {(f["n_features"], f["k"]): f for f in report["fits"]["tokens_per_run"]}
+    cfg, fits = report["config"], {(r["n_features"], r["k"]): r["fit"] for r in report["fits"]["tokens_per_run"]}
     budgets = np.asarray(sorted({p["tokens"] for p in report["points"]}), dtype=np.float64)
     grid = np.geomspace(budgets.min() / 1.2, budgets.max() * 1.2, 100)
     figure, panels = plt.subplots(1, len(cfg["ks"]), figsize=(4.5 * len(cfg["ks"]), 4.5), sharey=True, squeeze=False)
@@ -157,8 +177,8 @@ def figure_tokens(report: dict[str, Any]) -> plt.Figure:
             axes.plot([p["tokens"] for p in run], [p["fvu"] for p in run], "o", color=colors[n], label=label)
             if (law := _law(fit)) is not None:
                 axes.plot(grid, predict(law, grid), "-", color=colors[n])
-        axes.set(xscale="log", yscale="log", xlabel="training tokens", title=f"k = {k}")
-        axes.grid(True, which="both", alpha=0.3)
+        _log_axes(axes, budgets)
+        axes.set(xlabel="training tokens", title=f"k = {k}")
         axes.legend(fontsize="small")
     panels[0][0].set_ylabel("held-out FVU")
     figure.suptitle(_title(report, "FVU vs training tokens (fits: L = a T^-alpha + c)"))
