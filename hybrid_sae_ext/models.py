@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from sae_lens import SAE
 from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from tokenizers import Tokenizer
@@ -129,3 +130,16 @@ def load_model_folder(
         raise ValueError(f"{folder / WEIGHTS_FILE} does not fit its config: missing {missing}, unexpected {unexpected}")
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     return model.to(dtype).to(device).eval()
+
+
+def load_pretrained_sae(release: str, sae_id: str, device: str = "cpu") -> SAE[Any]:
+    """``SAE.from_pretrained(release, sae_id)`` from SAELens' registry, with a clear error offline."""
+    try:
+        return SAE.from_pretrained(release, sae_id, device=device)
+    except (OSError, ConnectionError) as err:  # hub unreachable or file not in the local cache
+        raise ModelUnavailableError(
+            f"could not download SAE {sae_id!r} of release {release!r} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Offline, load a local SAE folder with "
+            "SAE.load_from_disk(path) (cfg.json + sae_weights.safetensors), or set HF_HUB_OFFLINE=1 with the "
+            "release in your HF cache."
+        ) from err

@@ -57,3 +57,15 @@ def test_hub_model_offline_fails_naming_the_embedded_default() -> None:
 def test_missing_local_folder_is_not_silently_replaced(tmp_path) -> None:
     with pytest.raises(ModelUnavailableError, match="could not load model"):
         load_model(str(tmp_path / "no-such-model"))
+
+
+def test_pretrained_sae_offline_fails_clearly() -> None:
+    code = (
+        "from hybrid_sae_ext.models import load_pretrained_sae, ModelUnavailableError\n"
+        "try:\n    load_pretrained_sae('gpt2-small-res-jb', 'blocks.6.hook_resid_pre')\n"
+        "except ModelUnavailableError as e:\n    print(e)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert "could not download SAE 'blocks.6.hook_resid_pre' of release 'gpt2-small-res-jb'" in out.stdout, out.stderr[-2000:]
+    assert "SAE.load_from_disk" in out.stdout

@@ -20,6 +20,8 @@ def test_comparison_end_to_end(tiny_comparison: tuple[Path, dict[str, Any]]) -> 
     assert table["ksparse"]["time_vs_ksparse"] == 1.0
     assert table["ksparse"]["k"] == 8 and table["hybrid"]["l0"] <= 8
     assert len(results["runs"]) == 3 + 3 + 2 + 2
+    clean, zero = results["eval"]["ce_loss_clean"], results["eval"]["ce_loss_zero_ablation"]
+    assert clean < table["hybrid"]["ce_loss_with_sae"] < zero  # a trained hybrid spliced in
     for row in results["runs"]:
         assert 0.0 <= row["fvu"] and row["train_seconds"] > 0 and len(row["curve"]) == results["steps"]
         loaded = SAE.load_from_disk(str(out / "saes" / row["run"]))

@@ -1,0 +1,12 @@
+"""The many-SAE benchmark trains the same SAEs both ways and counts the model forwards."""
+
+from pathlib import Path
+
+
+def test_one_pass_runs_the_model_once_per_batch(tmp_path: Path, load_benchmark) -> None:
+    bench = load_benchmark("bench_many_saes")
+    result = bench.main(["--n_saes", "3", "--d_sae", "128", "--k", "4", "--batch", "254", "--context_size", "128",
+                         "--steps", "3", "--out", str(tmp_path)])
+    assert result["one_pass"]["model_forwards"] == 3
+    assert result["one_after_another"]["model_forwards"] == 9
+    assert result["speedup"] > 0 and list(tmp_path.glob("*-many-saes.md"))
