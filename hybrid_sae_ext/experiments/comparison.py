@@ -10,6 +10,7 @@ setting whose L0 lands closest to the target L0. Each SAE is then splice-evaluat
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ class ComparisonConfig:
     architectures: list[str] = field(default_factory=lambda: ["vanilla", "gated", "ksparse", "hybrid"])
     k: list[int] = field(default_factory=lambda: [16, 32, 64])
     """k values swept for ksparse and hybrid; the middle one is the target L0 of the table."""
-    l1_coefficient: list[float] = field(default_factory=lambda: [2.0, 8.0, 32.0])
+    l1_coefficient: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
     """L1 coefficients swept for vanilla and gated (activations are scaled to E|x|^2 = d_in)."""
     lr: float = 1e-3
     eval_batches: int = 16
@@ -184,11 +185,17 @@ def run_comparison(cfg: ComparisonConfig) -> dict[str, Any]:
 
 
 def comparison_table(results: list[dict[str, Any]], target_l0: float) -> list[dict[str, Any]]:
-    """Per architecture, the run whose L0 is closest to ``target_l0``, with time/memory relative to K-sparse."""
+    """Per architecture, the run whose L0 is closest to ``target_l0`` (in log space), with time/memory relative
+    to K-sparse. Runs that collapsed (FVU >= 1: no better than predicting the mean) are not candidates
+    unless an architecture has nothing else."""
+
+    def distance(row: dict[str, Any]) -> tuple[bool, float]:
+        return row["fvu"] >= 1.0, abs(math.log(max(row["l0"], 1e-9) / target_l0))
+
     picks: dict[str, dict[str, Any]] = {}
     for row in results:
         best = picks.get(row["architecture"])
-        if best is None or abs(row["l0"] - target_l0) < abs(best["l0"] - target_l0):
+        if best is None or distance(row) < distance(best):
             picks[row["architecture"]] = row
     reference = picks.get(REFERENCE)
     table = []

@@ -37,7 +37,8 @@ def comparison_markdown(results: dict[str, Any]) -> str:
         f"zero-ablation {results['eval']['ce_loss_zero_ablation']:.4f}.",
         "",
         f"Sparsity matching: each architecture's knob is swept (k for K-sparse and hybrid, the L1 coefficient for "
-        f"vanilla and gated); the table shows, per architecture, the setting whose L0 is closest to {results['target_l0']}. "
+        f"vanilla and gated); the table shows, per architecture, the setting whose L0 is closest to {results['target_l0']} "
+        "(in log space, among runs with FVU < 1: a run no better than predicting the mean has collapsed). "
         "The frontier figures show every setting. Training time is each SAE's own step time within the shared pass; "
         "peak memory is measured for each SAE alone (build + 3 steps; CUDA allocator or CPU RSS).",
         "",
