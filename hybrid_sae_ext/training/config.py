@@ -18,8 +18,8 @@ class TrainConfig:
     """Number of latents."""
     k: int = 32
     """Latents per token for k-sparse architectures (hybrid: the most that may fire)."""
-    l1_coefficient: float = 5.0
-    """Sparsity penalty for L1 architectures (vanilla, gated); the hybrid uses its own default of 0."""
+    l1_coefficient: float | None = None
+    """L1 sparsity penalty (vanilla, gated; for the hybrid it lets L0 adapt below k); None: the architecture's default."""
     lr: float = 4e-4
     """Peak Adam learning rate."""
     lr_warmup_steps: int = 50
@@ -62,7 +62,7 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got lr={self.lr}")
         for name in ("lr_warmup_steps", "lr_decay_steps", "l1_coefficient", "clip_grad_norm"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
         if self.k > self.d_sae:
             raise ValueError(f"k must satisfy 1 <= k <= d_sae={self.d_sae}, got k={self.k}")

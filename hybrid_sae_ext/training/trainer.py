@@ -69,7 +69,7 @@ def build_training_sae(cfg: TrainConfig, d_in: int) -> TrainingSAE[Any]:
     kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": cfg.d_sae, "device": cfg.device}
     if "k" in names:
         kwargs["k"] = cfg.k
-    if "l1_coefficient" in names and cfg.architecture != "hybrid":
+    if "l1_coefficient" in names and cfg.l1_coefficient is not None:
         kwargs["l1_coefficient"] = cfg.l1_coefficient
     torch.manual_seed(cfg.seed)
     return sae_cls(cfg_cls(**kwargs))

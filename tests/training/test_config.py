@@ -21,6 +21,7 @@ BAD_TRAIN_CONFIGS = [
     ({"total_steps": 0}, "total_steps must be >= 1, got total_steps=0"),
     ({"architecture": "topk2"}, "Unknown SAE architecture 'topk2'; allowed: "),
     ({"lr_warmup_steps": -1}, "lr_warmup_steps must be >= 0, got lr_warmup_steps=-1"),
+    ({"l1_coefficient": -0.5}, "l1_coefficient must be >= 0, got l1_coefficient=-0.5"),
 ]
 
 

@@ -73,3 +73,15 @@ def test_nan_batch_is_skipped_when_asked() -> None:
     result = run.train()
     assert result.skipped_batches == 1 and result.steps == 10
     assert all(torch.isfinite(p).all() for p in result.sae.parameters())
+
+
+def test_hybrid_l0_adapts_below_k_under_an_l1_penalty() -> None:
+    """The gate closes candidates when the L1 on the gate is strong: L0 falls below k, per token."""
+    free = trainer(config(total_steps=60, k=8, l1_coefficient=0.0)).train()
+    penalised = trainer(config(total_steps=60, k=8, l1_coefficient=3.0)).train()
+    acts = activations(512, seed=1)
+    with torch.no_grad():
+        free_l0 = (free.sae.encode_sparse(acts).values > 0).sum(-1).float()
+        penalised_l0 = (penalised.sae.encode_sparse(acts).values > 0).sum(-1).float()
+    assert free_l0.mean() > penalised_l0.mean()
+    assert penalised_l0.max() <= 8 and penalised_l0.min() < penalised_l0.max()  # adaptive per token
