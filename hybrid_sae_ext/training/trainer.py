@@ -127,7 +127,8 @@ class Trainer:
         self.sae = sae if sae is not None else build_training_sae(cfg, source.d_in)
         if self.sae.cfg.d_in != source.d_in:
             raise ValueError(f"the SAE has d_in={self.sae.cfg.d_in} but the activations have d_in={source.d_in}")
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, foreach=True)
+        on_cuda = self.sae.device.type == "cuda"  # fused Adam is one kernel per step there; foreach elsewhere
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, fused=on_cuda, foreach=not on_cuda)
         self.coefficients = self.sae.get_coefficients()
         self.step = 0
         self.tokens_seen = 0
