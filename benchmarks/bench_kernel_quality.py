@@ -23,6 +23,7 @@ from hybrid_sae_ext.activations import CaptureConfig, capture_activations, open_
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
 from hybrid_sae_ext.measure import device_name, versions
 from hybrid_sae_ext.training import TensorActivationSource, TrainConfig, Trainer, build_training_sae
+from hybrid_sae_ext.training.data import unit_energy_scale
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     capture_activations(CaptureConfig(output_dir=cfg.cache_dir, hook_names=[HOOK], total_tokens=cfg.tokens,
                                       skip_bos_activations=True, tokens_per_shard=min(cfg.tokens, 1 << 16)))
     acts = open_cache(cfg.cache_dir, hook_name=HOOK).load_all(HOOK)
-    acts = acts * (acts.shape[1] / acts.pow(2).sum(-1).mean()).sqrt()
+    acts = acts * unit_energy_scale(acts)
     train, held_out = acts[:-8192], acts[-8192:]
     runs = {}
     for backend in ("sparse", "dense"):

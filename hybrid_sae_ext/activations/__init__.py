@@ -17,6 +17,7 @@ from hybrid_sae_ext.activations.capture import (
     CaptureReport,
     capture_activations,
     capture_batch,
+    hook_widths,
     stop_layer,
     validate_hook_names,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "ShardInfo",
     "capture_activations",
     "capture_batch",
+    "hook_widths",
     "export_saelens_dataset",
     "load_text_dataset",
     "open_cache",

@@ -146,6 +146,12 @@ def capture_batch(
     return out
 
 
+def hook_widths(model: HookedTransformer, hook_names: list[str]) -> dict[str, int]:
+    """d_in of each hook, from one two-token forward pass (trailing dims flattened, as the cache stores them)."""
+    probe = torch.zeros((1, 2), dtype=torch.long)
+    return {name: int(acts.shape[1]) for name, acts in capture_batch(model, probe, hook_names, stop_layer(hook_names)).items()}
+
+
 def _batches(rows: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
     while chunk := list(itertools.islice(rows, batch_size)):
         yield torch.stack(chunk)

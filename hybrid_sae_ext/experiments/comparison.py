@@ -26,7 +26,7 @@ from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
 from hybrid_sae_ext.measure import device_name, peak_memory, versions
 from hybrid_sae_ext.models import TINY_LM_NAME, load_model
 from hybrid_sae_ext.training.config import TrainConfig
-from hybrid_sae_ext.training.data import TensorActivationSource
+from hybrid_sae_ext.training.data import TensorActivationSource, unit_energy_scale
 from hybrid_sae_ext.training.multi import BroadcastSource, MultiTrainer, SingleHookSource
 from hybrid_sae_ext.training.trainer import Trainer
 
@@ -148,7 +148,7 @@ def run_comparison(cfg: ComparisonConfig) -> dict[str, Any]:
     start = time.perf_counter()
     model = load_model(cfg.model, device=cfg.device)
     acts = capture(cfg, model)
-    scale = float((acts.shape[1] / acts.pow(2).sum(-1).mean()).sqrt())  # E|x|^2 = d_in for every SAE
+    scale = unit_energy_scale(acts)
     acts = acts * scale
     batch_tokens = cfg.batch_size * (cfg.context_size - 1)
     steps = max(1, cfg.epochs * acts.shape[0] // batch_tokens)

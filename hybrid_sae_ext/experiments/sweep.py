@@ -145,7 +145,7 @@ def load_activations(cfg: SweepConfig) -> tuple[Tensor, Tensor]:
                 dataset_split=split, total_tokens=tokens, skip_bos_activations=True, device=cfg.device,
                 progress=cfg.progress), model)
         cache = open_cache(directory, hook_name=cfg.hook, model_name=cfg.model)
-        tensors.append(torch.cat([cache.load_shard(i, cfg.hook) for i in range(cache.num_shards)]).float())
+        tensors.append(cache.load_all(cfg.hook))
     if (rows := tensors[0].shape[0]) < total["train"]:
         logger.warning("the train split has %d tokens; the sweep repeats them %.2f times", rows, total["train"] / rows)
     return tensors[0], tensors[1]

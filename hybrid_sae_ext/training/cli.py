@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import simple_parsing
-import torch
 import torch.distributed as dist
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAE
 from transformer_lens import HookedTransformer
 
-from hybrid_sae_ext.activations import CaptureConfig, capture_activations, capture_batch, read_manifest, stop_layer
+from hybrid_sae_ext.activations import CaptureConfig, capture_activations, hook_widths, read_manifest
 from hybrid_sae_ext.activations.cache import MANIFEST_FILE
 from hybrid_sae_ext.activations.capture import validate_hook_names
 from hybrid_sae_ext.distributed.data_parallel import DataParallel, init_from_environment
@@ -84,12 +83,6 @@ class TrainScriptResult:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def hook_width(model: HookedTransformer, hook_name: str) -> int:
-    """d_in of ``hook_name``, from a two-token forward pass (trailing dims flattened, as the cache stores them)."""
-    probe = torch.zeros((1, 2), dtype=torch.long)
-    return int(capture_batch(model, probe, [hook_name], stop_layer([hook_name]))[hook_name].shape[1])
-
-
 def check_checkpoint_dir(cfg: TrainScriptConfig) -> None:
     """Refuse to start a fresh run over old checkpoints: pruning would delete the new ones first."""
     directory = cfg.train.checkpoint_dir
@@ -122,7 +115,7 @@ def prepare(cfg: TrainScriptConfig, parallel: DataParallel) -> tuple[HookedTrans
     check_checkpoint_dir(cfg)
     model = load_model(cfg.model, device=cfg.train.device)
     validate_hook_names(model, [cfg.hook_name])
-    d_in = hook_width(model, cfg.hook_name)
+    d_in = hook_widths(model, [cfg.hook_name])[cfg.hook_name]
     if parallel.is_main:
         ensure_cache(cfg, model, cfg.train.progress_bar)
     parallel.barrier()

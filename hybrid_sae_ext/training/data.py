@@ -9,6 +9,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 
+def unit_energy_scale(activations: Float[Tensor, "rows d_in"]) -> float:
+    """The factor that makes ``E|x|^2 = d_in``, so L1 coefficients and learning rates mean the same on any model."""
+    return float((activations.shape[1] / activations.pow(2).sum(-1).mean()).sqrt())
+
+
 class ActivationSource(Protocol):
     """Yields global batches of activations; ``state_dict`` is enough to continue the same stream."""
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
-from hybrid_sae_ext.activations.capture import stop_layer, validate_hook_names
+from hybrid_sae_ext.activations.capture import capture_batch, hook_widths, stop_layer, validate_hook_names
 from hybrid_sae_ext.training.data import ActivationSource
 from hybrid_sae_ext.training.trainer import StepMetrics, Trainer
 
@@ -60,20 +60,17 @@ class ModelActivationSource:
         self.per_row = token_rows.shape[1] - self.first
         self.next_row = 0
         self.forward_passes = 0
-        self.d_in = {name: int(model.cfg.d_model) for name in hook_names}
+        self.d_in = hook_widths(model, hook_names)
 
     @torch.no_grad()
     def next_batches(self, n: int) -> dict[str, Tensor]:
         rows = -(-n // self.per_row)
         index = torch.arange(self.next_row, self.next_row + rows) % self.token_rows.shape[0]
         self.next_row = int(index[-1]) + 1
-        _, cache = self.model.run_with_cache(
-            self.token_rows[index].to(self.model.cfg.device),
-            names_filter=self.hook_names,
-            stop_at_layer=stop_layer(self.hook_names),
-        )
+        acts = capture_batch(self.model, self.token_rows[index], self.hook_names, stop_layer(self.hook_names),
+                             skip_first_position=bool(self.first))
         self.forward_passes += 1
-        return {name: cache[name][:, self.first :].reshape(-1, cache[name].shape[-1])[:n] for name in self.hook_names}
+        return {name: rows[:n] for name, rows in acts.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"next_row": self.next_row}
