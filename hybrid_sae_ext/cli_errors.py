@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import simple_parsing
-import torch
 from safetensors import SafetensorError
 
 from hybrid_sae_ext.folders import is_utf8, printable
@@ -81,7 +80,7 @@ def _list_fields(config_class: type, prefix: str = "") -> set[str]:
         hint = hints.get(field.name)
         if dataclasses.is_dataclass(hint):
             names |= _list_fields(typing.cast(type, hint), prefix)
-        elif typing.get_origin(hint) is list or typing.get_origin(typing.Optional[hint]) is list:
+        elif typing.get_origin(hint) is list or list in [typing.get_origin(a) for a in typing.get_args(hint)]:
             names.add(prefix + field.name)
     return names
 

@@ -20,8 +20,8 @@ from sae_lens.constants import SAE_WEIGHTS_FILENAME as SAE_WEIGHTS_FILE
 from sae_lens.registry import SAE_CLASS_REGISTRY
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 from tokenizers import Tokenizer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from hybrid_sae_ext.io import atomic_path, write_json_atomic
@@ -36,7 +36,9 @@ END_OF_TEXT = "<|endoftext|>"
 ModelT = TypeVar("ModelT", bound=HookedTransformer)
 
 
-MODEL_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+MODEL_DTYPES = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+}  # fmt: skip
 
 
 class ModelUnavailableError(RuntimeError):
@@ -54,15 +56,15 @@ def model_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 def check_device(name: str, flag: str = "--device") -> torch.device:
     """A usable torch device, or a ValueError saying what is allowed here."""
-    available = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    allowed = "allowed here: " + ", ".join(["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())])
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"{flag}={name!r} is not a device; allowed here: {', '.join(available)}") from None
+        raise ValueError(f"{flag}={name!r} is not a device; {allowed}") from None
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"{flag}={name!r} is not available on this machine; allowed here: {', '.join(available)}")
+        raise ValueError(f"{flag}={name!r} is not available on this machine; {allowed}")
     if device.type not in {"cpu", "cuda"}:
-        raise ValueError(f"{flag}={name!r}: only cpu and cuda devices are supported; allowed here: {', '.join(available)}")
+        raise ValueError(f"{flag}={name!r}: only cpu and cuda devices are supported; {allowed}")
     return device
 
 
@@ -212,4 +214,5 @@ def load_sae_folder(path: Path | str, device: str = "cpu") -> SAE[Any]:
     except SafetensorError as err:
         raise ValueError(f"{weights_file}: not a readable safetensors file ({err})") from err
     except (TypeError, KeyError) as err:
-        raise ValueError(f"{config_file}: does not describe a {architecture!r} SAE ({type(err).__name__}: {err})") from err
+        problem = f"{type(err).__name__}: {err}"
+        raise ValueError(f"{config_file}: does not describe a {architecture!r} SAE ({problem})") from err

@@ -310,7 +310,9 @@ class CacheWriter:
 
     def finish(self) -> Manifest:
         if not self.manifest.shards:
-            raise ValueError(f"{self.directory}: no activations were captured; a cache of 0 tokens is not marked complete")
+            raise ValueError(
+                f"{self.directory}: no activations were captured; a cache of 0 tokens is not marked complete"
+            )
         self.manifest.complete = True
         self._write_manifest()
         return self.manifest

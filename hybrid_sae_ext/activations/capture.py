@@ -223,7 +223,8 @@ def check_dataset(config: CaptureConfig, model: HookedTransformer) -> None:
     """Read the first token row: a bad dataset, split, column or encoding, or too little text, fails here."""
     if next(_token_rows(config, model), None) is None:
         raise ValueError(
-            f"{_dataset_description(config)}: holds no text for even one row of context_size={config.context_size} tokens"
+            f"{_dataset_description(config)}: holds no text for even one row of "
+            f"context_size={config.context_size} tokens"
         )
 
 

@@ -26,13 +26,13 @@ from transformer_lens import HookedTransformer
 from hybrid_sae_ext.activations import CaptureConfig, capture_activations, hook_widths, read_manifest
 from hybrid_sae_ext.activations.cache import MANIFEST_FILE
 from hybrid_sae_ext.activations.capture import validate_hook_names
+from hybrid_sae_ext.cli_errors import cli_main, parse_config
 from hybrid_sae_ext.distributed.data_parallel import DataParallel, init_from_environment
 from hybrid_sae_ext.evals import SpliceEvalResult, evaluate_sae, load_eval_tokens
 from hybrid_sae_ext.evals.cli import SPLICE_EVAL_FILE
-from hybrid_sae_ext.cli_errors import cli_main, parse_config
 from hybrid_sae_ext.folders import check_output_dir, check_path_text, folder_lock
 from hybrid_sae_ext.io import fsync_dir, set_default_mode, write_json_atomic
-from hybrid_sae_ext.models import TINY_LM_NAME, SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, load_model, load_sae_folder
+from hybrid_sae_ext.models import SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, TINY_LM_NAME, load_model, load_sae_folder
 from hybrid_sae_ext.training.cache_source import CacheActivationSource
 from hybrid_sae_ext.training.checkpoint import CheckpointManager, check_resume_config
 from hybrid_sae_ext.training.config import TrainConfig

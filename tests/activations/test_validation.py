@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from hybrid_sae_ext.activations import ActivationReader, CacheWriter, Manifest, ReaderConfig, open_cache, read_manifest

@@ -157,7 +157,9 @@ def _quick(reference: Path, tmp: Path, *args: str) -> list[str]:
     return [*_cli(tmp, "--total_steps", "2", "--lr_decay_steps", "0", "--eval_batches", "0", *args)[2:]]
 
 
-def test_overwrite_replaces_every_file_of_the_old_sae(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_overwrite_replaces_every_file_of_the_old_sae(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     for name in ("cfg.json", "sae_weights.safetensors", "eval.json", "splice_eval.json"):
@@ -225,11 +227,12 @@ def test_second_training_on_a_busy_checkpoint_dir_is_refused(
         with pytest.raises(SystemExit):
             main(_quick(reference, tmp_path, "--out", str(tmp_path / "second"), *args, "--resume"))
         err = capsys.readouterr().err
-        assert re.search(rf"checkpoint folder '.*ckpt' is in use by pid {first.pid} on .*train_hybrid_sae\.py", err), err
+        holder = rf"checkpoint folder '.*ckpt' is in use by pid {first.pid} on .*train_hybrid_sae\.py"
+        assert re.search(holder, err), err
     finally:
         first.send_signal(signal.SIGCONT)
     _, stderr = first.communicate(timeout=240)
     assert first.returncode == 0, stderr[-3000:]
     assert not (tmp_path / "second").exists()
-    assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*"))[-1] == f"step-{5:09d}"
+    assert max(p.name for p in (tmp_path / "ckpt").glob("step-*")) == f"step-{5:09d}"
     assert SAE.load_from_disk(str(tmp_path / "first")).cfg.d_sae == 256
