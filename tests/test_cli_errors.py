@@ -184,8 +184,10 @@ CASES = [
 
 @pytest.mark.parametrize(("script", "argv", "setup", "pattern"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_naming_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture, script: str, argv: list[str], setup: str, pattern: str
-) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    script: str, argv: list[str], setup: str, pattern: str,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # an empty path that slipped through would write here, and be seen
     names = _prepare(setup, tmp_path)
     _fails_with_one_line(script, [arg.format(**names) for arg in argv], pattern, tmp_path, capsys)
 
