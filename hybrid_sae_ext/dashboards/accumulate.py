@@ -16,24 +16,33 @@ NO_EXAMPLE = -1
 def segment_top(latent: Tensor, score: Tensor, r: int, d_sae: int) -> Tensor:
     """``[d_sae, r]`` indices into the firing list: each latent's ``r`` highest-scoring firings, best first.
 
-    Missing entries (a latent with fewer than ``r`` firings) are ``NO_EXAMPLE``.
+    Missing entries (a latent with fewer than ``r`` firings) are ``NO_EXAMPLE``. One sort of the key
+    ``latent + rank-of-score / n`` groups firings by latent, best first.
     """
-    order = torch.sort(score, descending=True, stable=True).indices
-    order = order[torch.sort(latent[order], stable=True).indices]
+    by_score = torch.argsort(score, descending=True)
+    rank = torch.empty_like(by_score)
+    rank[by_score] = torch.arange(len(score))
+    order = torch.argsort(latent * len(score) + rank)
     grouped = latent[order]
     counts = torch.bincount(grouped, minlength=d_sae)
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(order)) - starts[grouped]
-    keep = rank < r
+    position = torch.arange(len(order)) - starts[grouped]
+    keep = position < r
     out = torch.full((d_sae, r), NO_EXAMPLE, dtype=torch.long)
-    out[grouped[keep], rank[keep]] = order[keep]
+    out[grouped[keep], position[keep]] = order[keep]
     return out
 
 
 def merge_top(state: dict[str, Tensor], prefix: str, score: Tensor, value: Tensor, location: Tensor,
               latent: Tensor) -> None:
-    """Fold this batch's firings into ``state``'s running per-latent top-r by ``score`` (in place)."""
+    """Fold this batch's firings into ``state``'s running per-latent top-r by ``score`` (in place).
+
+    Firings that cannot beat their latent's current r-th best are dropped first, so after a few batches
+    almost nothing is sorted.
+    """
     best_score, best_value, best_loc = (state[f"{prefix}_{name}"] for name in ("score", "value", "loc"))
+    contender = score > best_score[:, -1][latent]
+    score, value, location, latent = score[contender], value[contender], location[contender], latent[contender]
     if len(latent) == 0:
         return
     picked = segment_top(latent, score, best_score.shape[1], best_score.shape[0])

@@ -11,6 +11,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from hybrid_sae_ext.dashboards.config import DashboardConfig, check_output_dir, locked_output_dir
@@ -55,6 +56,8 @@ def build_dashboards(cfg: DashboardConfig, stop_after_batches: int | None = None
     read_sae_metadata(cfg.sae_path)
     out = check_output_dir(cfg.out)
     seconds: dict[str, float] = {}
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     with locked_output_dir(out):
         start = time.perf_counter()
         source = load_source(cfg.sae_path, cfg.device)

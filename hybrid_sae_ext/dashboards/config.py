@@ -55,6 +55,8 @@ class DashboardConfig:
     """Nearest latents by decoder cosine, and top co-firing latents, kept per latent."""
     max_cofiring_latents: int = 16384
     """Co-firing counts need d_sae^2 int32; above this width they are skipped (reported in dashboard.json)."""
+    cofiring_tokens: int = 131072
+    """Co-firing (Jaccard) is counted over the first this many tokens (whole batches), a fixed cost per build."""
     skip_bos: bool = True
     """Leave the BOS position out of the statistics (SAEs of this project are trained without it)."""
     dense_density: float = 0.1
@@ -64,18 +66,22 @@ class DashboardConfig:
     seed: int = 0
     """Seed of the uniform firing sample (keys depend only on it and the batch index, so resume is exact)."""
     device: str = "cpu"
+    threads: int = 0
+    """torch intra-op threads for the build (0: torch's default). On a CPU shared with other work, 1 is often faster."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
     def __post_init__(self) -> None:
         positive = ("tokens", "batch_rows", "n_top", "quantile_groups", "examples_per_group", "sample_size",
-                    "histogram_bins", "n_logits", "n_neighbours", "checkpoint_every")
+                    "histogram_bins", "n_logits", "n_neighbours", "checkpoint_every", "cofiring_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
         for name in ("context_before", "context_after"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: torch's default), got threads={self.threads}")
         if not 0 < self.dense_density <= 1:
             raise ValueError(f"dense_density must be in (0, 1], got dense_density={self.dense_density}")
         if self.sample_size < self.quantile_groups * self.examples_per_group:

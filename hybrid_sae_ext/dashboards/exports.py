@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid_sae_ext.dashboards.records import DashboardData
-from hybrid_sae_ext.io import atomic_path, write_json_atomic
+from hybrid_sae_ext.io import atomic_path
 
 FEATURES_PER_BATCH = 128
 CREATOR_ID = "hybrid-sae-ext"
@@ -75,7 +75,7 @@ def source_id(data: DashboardData) -> str:
 
 def _write_jsonl_gz(path: Path, rows: list[dict[str, Any]]) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), compresslevel=5))
+        tmp.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), compresslevel=1))
 
 
 def _write_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -120,9 +120,9 @@ def write_exports(data: DashboardData, folder: Path) -> Path:
         records = [data.record(i) for i in latents]
         features = [saedashboard_feature(r, data) for r in records]
         batch = start // FEATURES_PER_BATCH
-        write_json_atomic(Path(folder) / "saedashboard" / f"batch-{batch}.json", {
-            "model_id": data.meta["model_name"], "layer": _layer(data.meta["hook_name"]),
-            "sae_set": layer.split("-", 1)[1], "features": features})
+        with atomic_path(Path(folder) / "saedashboard" / f"batch-{batch}.json") as tmp:
+            tmp.write_text(json.dumps({"model_id": data.meta["model_name"], "layer": _layer(data.meta["hook_name"]),
+                                       "sae_set": layer.split("-", 1)[1], "features": features}, separators=(",", ":")))
         rows = [neuronpedia_rows(f, data, r, created) for f, r in zip(features, records)]
         _write_jsonl_gz(neuronpedia / "features" / f"batch-{batch}.jsonl.gz", [feature for feature, _ in rows])
         _write_jsonl_gz(neuronpedia / "activations" / f"batch-{batch}.jsonl.gz", [a for _, acts in rows for a in acts])

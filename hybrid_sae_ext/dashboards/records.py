@@ -23,7 +23,7 @@ FORMAT = "hybrid_sae_ext.dashboards/1"
 
 
 def _rounded(values: torch.Tensor, digits: int = 4) -> list[float]:
-    return [round(float(v), digits) for v in values]
+    return [round(v, digits) for v in values.tolist()]
 
 
 class DashboardData:
@@ -50,29 +50,32 @@ class DashboardData:
     def density(self) -> torch.Tensor:
         return self.stats["count"].double() / max(int(self.meta["tokens"]), 1)
 
-    def _example(self, latent: int, slot: int) -> dict[str, Any] | None:
-        ids = self.stats["window_tokens"][latent, slot]
-        if int(self.stats["example_loc"][latent, slot]) == NO_EXAMPLE:
-            return None
-        keep = ids >= 0
+    def _examples(self, latent: int) -> list[dict[str, Any] | None]:
+        """Every example slot of one latent (top examples first, then quantile examples); None where empty."""
         before = int(self.meta["config"]["context_before"])
-        return {
-            "tokens": [self.vocab[int(t)] for t in ids[keep]],
-            "values": _rounded(self.stats["window_values"][latent, slot][keep]),
-            "center": before - int((~keep[:before]).sum()),
-            "location": int(self.stats["example_loc"][latent, slot]),
-        }
+        locations = self.stats["example_loc"][latent].tolist()
+        ids, values = self.stats["window_tokens"][latent].tolist(), self.stats["window_values"][latent].tolist()
+        out: list[dict[str, Any] | None] = []
+        for location, row_ids, row_values in zip(locations, ids, values):
+            if location == NO_EXAMPLE:
+                out.append(None)
+                continue
+            kept = [j for j, t in enumerate(row_ids) if t >= 0]
+            out.append({"tokens": [self.vocab[row_ids[j]] for j in kept],
+                        "values": [round(row_values[j], 4) for j in kept],
+                        "center": before - sum(1 for t in row_ids[:before] if t < 0), "location": location})
+        return out
+
+    @cached_property
+    def _top_token_ids(self) -> list[list[int]]:
+        """Per latent, the distinct tokens on which it fires most strongly (centres of its top examples)."""
+        n_top, before = int(self.meta["config"]["n_top"]), int(self.meta["config"]["context_before"])
+        centres = self.stats["window_tokens"][:, :n_top, before].tolist()
+        valid = (self.stats["example_loc"][:, :n_top] != NO_EXAMPLE).tolist()
+        return [list(dict.fromkeys(t for t, ok in zip(row, oks) if ok)) for row, oks in zip(centres, valid)]
 
     def top_token_ids(self, latent: int, n: int = 3) -> list[int]:
-        """The distinct tokens on which the latent fires most strongly (centres of its top examples)."""
-        before = int(self.meta["config"]["context_before"])
-        seen: list[int] = []
-        for slot in range(int(self.meta["config"]["n_top"])):
-            if int(self.stats["example_loc"][latent, slot]) != NO_EXAMPLE:
-                token = int(self.stats["window_tokens"][latent, slot, before])
-                if token not in seen:
-                    seen.append(token)
-        return seen[:n]
+        return self._top_token_ids[latent][:n]
 
     def record(self, latent: int) -> dict[str, Any]:
         """Everything known about one latent, JSON-ready."""
@@ -80,16 +83,16 @@ class DashboardData:
             raise ValueError(f"latent {latent} is out of range; this SAE has latents 0..{self.d_sae - 1}")
         s, cfg = self.stats, self.meta["config"]
         n_top = int(cfg["n_top"])
-        top = [e for slot in range(n_top) if (e := self._example(latent, slot))]
-        for e, slot in zip(top, range(n_top)):
-            e["activation"] = round(float(s["top_value"][latent, slot]), 4)
+        examples = self._examples(latent)
+        top = []
+        for e, activation in zip(examples[:n_top], s["top_value"][latent].tolist()):
+            if e is not None:
+                top.append(e | {"activation": round(activation, 4)})
         quantiles = []
-        for j in range(s["quantile_loc"].shape[1]):
-            if (e := self._example(latent, n_top + j)) is not None:
-                e |= {"group": round(float(s["quantile_group"][latent, j]), 4),
-                      "quantile": round(float(s["quantile_true"][latent, j]), 4),
-                      "activation": round(float(s["quantile_value"][latent, j]), 4)}
-                quantiles.append(e)
+        for e, group, quantile, activation in zip(examples[n_top:], s["quantile_group"][latent].tolist(),
+                                                  s["quantile_true"][latent].tolist(), s["quantile_value"][latent].tolist()):
+            if e is not None:
+                quantiles.append(e | {"group": round(group, 4), "quantile": round(quantile, 4), "activation": round(activation, 4)})
         count, density = int(s["count"][latent]), float(self.density[latent])
         record: dict[str, Any] = {
             "index": latent, "count": count, "density": density, "max": round(float(s["max"][latent]), 4),
@@ -99,18 +102,19 @@ class DashboardData:
             "histogram": {"low": 0.0, "high": round(float(s["max"][latent]), 4), "counts": s["hist"][latent].tolist()},
             "top_examples": top, "quantile_examples": quantiles,
             "logits": {
-                "positive": [{"token": self.vocab[int(i)], "value": round(float(v), 4)}
-                             for i, v in zip(s["logit_pos_ids"][latent], s["logit_pos_values"][latent])],
-                "negative": [{"token": self.vocab[int(i)], "value": round(float(v), 4)}
-                             for i, v in zip(s["logit_neg_ids"][latent], s["logit_neg_values"][latent])],
+                "positive": [{"token": self.vocab[i], "value": round(v, 4)}
+                             for i, v in zip(s["logit_pos_ids"][latent].tolist(), s["logit_pos_values"][latent].tolist())],
+                "negative": [{"token": self.vocab[i], "value": round(v, 4)}
+                             for i, v in zip(s["logit_neg_ids"][latent].tolist(), s["logit_neg_values"][latent].tolist())],
                 "histogram": {"low": round(float(s["logit_low"][latent]), 4), "high": round(float(s["logit_high"][latent]), 4),
                               "counts": s["logit_hist"][latent].tolist()},
             },
-            "decoder_neighbours": [{"latent": int(i), "cosine": round(float(c), 4)} for i, c in
-                                   zip(s["decoder_neighbour_ids"][latent], s["decoder_neighbour_cosines"][latent])],
-            "cofiring": [{"latent": int(i), "jaccard": round(float(j), 4), "count": int(n)} for i, j, n in
-                         zip(s["cofiring_ids"][latent], s["cofiring_jaccard"][latent], s["cofiring_counts"][latent])
-                         if n > 0] if "cofiring_ids" in s else None,
+            "decoder_neighbours": [{"latent": i, "cosine": round(c, 4)} for i, c in
+                                   zip(s["decoder_neighbour_ids"][latent].tolist(),
+                                       s["decoder_neighbour_cosines"][latent].tolist())],
+            "cofiring": [{"latent": i, "jaccard": round(j, 4), "count": n} for i, j, n in
+                         zip(s["cofiring_ids"][latent].tolist(), s["cofiring_jaccard"][latent].tolist(),
+                             s["cofiring_counts"][latent].tolist()) if n > 0] if "cofiring_ids" in s else None,
             "hybrid": None,
         }
         if "candidate_count" in s:

@@ -23,6 +23,7 @@ import hybrid_sae_ext  # noqa: F401  (registers "hybrid" with SAELens)
 from hybrid_sae_ext.activations.capture import capture_batch, stop_layer, validate_hook_names
 from hybrid_sae_ext.activations.tokens import load_text_dataset, token_rows
 from hybrid_sae_ext.architectures import HybridSAE
+from hybrid_sae_ext.kernels import get_kernels
 from hybrid_sae_ext.models import load_model
 
 
@@ -114,15 +115,16 @@ def encode_firings(source: SAESource, acts: torch.Tensor) -> tuple[Firings, Gate
     """Sparse codes of ``acts`` through the SAE's own encoder, and for hybrids the gate candidates."""
     sae = source.sae
     if isinstance(sae, HybridSAE):
-        codes = sae.encode_sparse(acts)
-        sae_in = sae.process_sae_in(acts)
-        pre = torch.bmm(sae_in.unsqueeze(1), sae.W_enc.T[codes.indices].transpose(1, 2)).squeeze(1)
-        gate = pre + sae.b_gate[codes.indices]  # the gate pre-activation HybridSAE thresholds at 0
-        fired = codes.values > 0
-        token = torch.arange(acts.shape[0]).unsqueeze(1).expand_as(codes.indices)
-        order = torch.argsort(codes.indices[fired] + token[fired] * source.d_sae)
-        firings = Firings(token[fired][order], codes.indices[fired][order], codes.values[fired][order].float())
-        return firings, GateCandidates(codes.indices.reshape(-1), gate.reshape(-1).float())
+        # the two calls HybridSAE.encode_sparse makes, keeping the gate pre-activation it drops
+        sae._check_input(acts)
+        selection, _ = get_kernels(sae.kernel_backend).encode(sae.process_sae_in(acts), sae.W_enc, sae.b_gate, sae.cfg.k)
+        gate, values = sae._codes(selection)
+        indices, order = torch.sort(selection.indices, dim=1)  # firings ordered by token, then latent
+        gate, values = gate.gather(1, order), values.gather(1, order)
+        fired = values > 0
+        token = torch.arange(acts.shape[0]).unsqueeze(1).expand_as(indices)
+        firings = Firings(token[fired], indices[fired], values[fired].float())
+        return firings, GateCandidates(indices.reshape(-1), gate.reshape(-1).float())
     dense = sae.encode(acts)
     token, latent = torch.nonzero(dense > 0, as_tuple=True)
     return Firings(token, latent, dense[token, latent].float()), None

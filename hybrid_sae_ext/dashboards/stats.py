@@ -36,7 +36,7 @@ from hybrid_sae_ext.io import atomic_path, sha256_file
 
 STATE_FILE = ".stats-state.safetensors"
 STATS_FILE = "stats.safetensors"
-OUTPUT_ONLY = {"out", "progress", "device", "checkpoint_every"}
+OUTPUT_ONLY = {"out", "progress", "device", "checkpoint_every", "threads"}
 
 
 @dataclasses.dataclass
@@ -69,7 +69,7 @@ def _fresh_pass1(cfg: DashboardConfig, d_sae: int, hybrid: bool) -> dict[str, Te
         state |= {f"{prefix}_score": torch.full((d_sae, r), float("-inf")), f"{prefix}_value": torch.zeros(d_sae, r),
                   f"{prefix}_loc": torch.full((d_sae, r), NO_EXAMPLE, dtype=torch.long)}
     if d_sae <= cfg.max_cofiring_latents:
-        state["cooc"] = torch.zeros(d_sae, d_sae, dtype=torch.int32)
+        state |= {"cooc": torch.zeros(d_sae, d_sae, dtype=torch.int32), "cooc_count": torch.zeros(d_sae, dtype=torch.long)}
     if hybrid:
         state |= {"candidate_count": torch.zeros(d_sae, dtype=torch.long),
                   "gate_open_count": torch.zeros(d_sae, dtype=torch.long),
@@ -87,8 +87,9 @@ def _update_pass1(state: dict[str, Tensor], cfg: DashboardConfig, batch_index: i
     merge_top(state, "top", value, value, location, latent)
     keys = torch.rand(len(latent), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + batch_index))
     merge_top(state, "sample", -keys, value, location, latent)  # smallest random keys: a uniform sample
-    if "cooc" in state:
+    if "cooc" in state and batch_index * n_tokens < cfg.cofiring_tokens:
         add_cofiring(state["cooc"], firings.token, latent, n_tokens)
+        state["cooc_count"] += torch.bincount(latent, minlength=d_sae)
     if candidates is not None:
         state["candidate_count"] += torch.bincount(candidates.latent, minlength=d_sae)
         state["gate_open_count"] += torch.bincount(candidates.latent[candidates.gate > 0], minlength=d_sae)
@@ -121,7 +122,7 @@ def _start_pass2(state: dict[str, Tensor], cfg: DashboardConfig, hybrid: bool) -
     if hybrid:
         kept |= {k: state[k] for k in ("candidate_count", "gate_open_count", "gate_low", "gate_high")}
     if "cooc" in state:
-        kept |= cofiring_neighbours(state["cooc"], state["count"], cfg.n_neighbours)
+        kept |= cofiring_neighbours(state["cooc"], state["cooc_count"], cfg.n_neighbours)
     chosen = choose_quantile_examples(state["sample_value"], state["sample_loc"], cfg.quantile_groups,
                                       cfg.examples_per_group)
     kept |= chosen
@@ -140,9 +141,10 @@ def _start_pass2(state: dict[str, Tensor], cfg: DashboardConfig, hybrid: bool) -
     return kept
 
 
-def _fill_windows(state: dict[str, Tensor], cfg: DashboardConfig, context: int, first_row: int,
+def _fill_windows(state: dict[str, Tensor], cfg: DashboardConfig, plan: StatsPlan, first_row: int,
                   tokens: Tensor, firings: Firings) -> None:
     """Copy the tokens and this latent's activations around every example whose row is in this batch."""
+    context, offset = plan.context, int(plan.skip_first)
     loc = state["example_loc"]
     row = torch.div(loc, context, rounding_mode="floor")
     here = (loc >= 0) & (row >= first_row) & (row < first_row + tokens.shape[0])
@@ -156,22 +158,24 @@ def _fill_windows(state: dict[str, Tensor], cfg: DashboardConfig, context: int, 
     window_tokens = torch.where(inside, tokens[local_row, position], -1)
     d_sae = state["count"].shape[0]
     firing_keys = firings.token * d_sae + firings.latent
-    query = (local_row * context + position) * d_sae + latent[:, None]
-    found = torch.searchsorted(firing_keys, query).clamp(max=max(len(firing_keys) - 1, 0))
-    hit = inside & (firing_keys[found] == query) if len(firing_keys) else torch.zeros_like(inside)
-    values = torch.where(hit, firings.value[found] if len(firing_keys) else 0.0, 0.0)
+    query = (local_row * (context - offset) + position - offset) * d_sae + latent[:, None]
+    values = torch.zeros(position.shape)
+    if len(firing_keys):
+        found = torch.searchsorted(firing_keys, query).clamp(max=len(firing_keys) - 1)
+        hit = inside & (position >= offset) & (firing_keys[found] == query)
+        values = torch.where(hit, firings.value[found], 0.0)
     state["window_tokens"][latent, slot] = window_tokens.int()
     state["window_values"][latent, slot] = values
 
 
-def _update_pass2(state: dict[str, Tensor], cfg: DashboardConfig, context: int, first_row: int, tokens: Tensor,
+def _update_pass2(state: dict[str, Tensor], cfg: DashboardConfig, plan: StatsPlan, first_row: int, tokens: Tensor,
                   firings: Firings, candidates: GateCandidates | None) -> None:
     latent, value = firings.latent, firings.value
     add_histogram(state["hist"], latent, value, torch.zeros_like(state["max"]), state["max"])
     state["rank_slots"] += count_below(state["rank_keys"], latent, value, state["rank_scale"])
     if candidates is not None:
         add_histogram(state["gate_hist"], candidates.latent, candidates.gate, state["gate_low"], state["gate_high"])
-    _fill_windows(state, cfg, context, first_row, tokens, firings)
+    _fill_windows(state, cfg, plan, first_row, tokens, firings)
 
 
 def _finish(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -257,16 +261,16 @@ def _next_batch(rows: Iterator[Tensor], n_rows: int, first_row: int, cfg: Dashbo
 
 def _run_batch(state: dict[str, Tensor], pass_number: int, cfg: DashboardConfig, source: SAESource,
                plan: StatsPlan, first_row: int, tokens: Tensor) -> None:
-    firings, candidates = encode_firings(source, hook_activations(source, tokens))
-    if plan.skip_first:
-        keep = firings.token % plan.context != 0
-        firings = Firings(*(t[keep] for t in firings))
-        if candidates is not None:
-            on_token = torch.arange(len(candidates.latent)) // (len(candidates.latent) // tokens.numel())
-            keep = on_token % plan.context != 0
-            candidates = GateCandidates(candidates.latent[keep], candidates.gate[keep])
-    location = first_row * plan.context + firings.token
+    """Encode one batch of rows (without the BOS position when it is excluded) and fold it into ``state``."""
+    acts = hook_activations(source, tokens)
+    offset = int(plan.skip_first)
+    if offset:
+        acts = acts.view(tokens.shape[0], plan.context, -1)[:, offset:].reshape(-1, acts.shape[-1])
+    firings, candidates = encode_firings(source, acts)
+    per_row = plan.context - offset
+    row = torch.div(firings.token, per_row, rounding_mode="floor")
+    location = (first_row + row) * plan.context + firings.token % per_row + offset
     if pass_number == 1:
-        _update_pass1(state, cfg, first_row // cfg.batch_rows, firings, location, candidates, tokens.numel())
+        _update_pass1(state, cfg, first_row // cfg.batch_rows, firings, location, candidates, acts.shape[0])
     else:
-        _update_pass2(state, cfg, plan.context, first_row, tokens, firings, candidates)
+        _update_pass2(state, cfg, plan, first_row, tokens, firings, candidates)
