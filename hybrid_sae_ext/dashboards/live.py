@@ -38,7 +38,7 @@ class LiveModel:
             raise ValueError(f"text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
         if not text.strip():
             raise ValueError("text is empty")
-        tokens = self.source.model.to_tokens(text, prepend_bos=self.source.prepend_bos)
+        tokens = self.source.model.to_tokens(text, prepend_bos=self.source.prepend_bos, truncate=False)
         if tokens.shape[1] > self.source.model.cfg.n_ctx:
             raise ValueError(f"text is {tokens.shape[1]} tokens; the model's context is {self.source.model.cfg.n_ctx}")
         return tokens

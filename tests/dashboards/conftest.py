@@ -51,7 +51,7 @@ def topk_sae_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_sae(sae, tmp_path_factory.mktemp("topk") / "sae")
 
 
-def dashboard_config(sae_path: Path, out: Path, **overrides: object) -> DashboardConfig:
+def dashboard_config(sae_path: Path | str, out: Path | str, **overrides: object) -> DashboardConfig:
     settings = dict(sae_path=str(sae_path), out=str(out), tokens=TOKENS, batch_rows=8, n_top=5, quantile_groups=4,
                     examples_per_group=2, sample_size=16, histogram_bins=12, context_before=6, context_after=2,
                     n_logits=5, n_neighbours=4, checkpoint_every=1, progress=False)
