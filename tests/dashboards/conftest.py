@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ HOOK = "blocks.1.hook_resid_pre"
 CONTEXT = 33
 TOKENS = 1500  # 47 rows of 32 non-BOS tokens
 CHROMIUM = Path("/usr/lib/chromium/chromium")
+TEXT = 'def read(path):\n    """Return the contents of the file at path."""'
 
 
 def save_tiny_sae(sae: SAE, folder: Path) -> Path:
@@ -104,9 +105,18 @@ def topk_reference(topk_sae_path: Path) -> Reference:
     return dense_reference(topk_sae_path)
 
 
-def copy_dashboards(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target
+@pytest.fixture(scope="session")
+def reference(hybrid_sae_path: Path) -> Callable[[str], tuple[list[str], torch.Tensor]]:
+    """Token strings and dense codes ``[tokens, d_sae]`` of a text (BOS dropped), via SAELens' own encode."""
+    model, sae = load_model(TINY_LM_NAME), SAE.load_from_disk(str(hybrid_sae_path))
+
+    @torch.inference_mode()
+    def codes(text: str) -> tuple[list[str], torch.Tensor]:
+        tokens = model.to_tokens(text)
+        _, cache = model.run_with_cache(tokens, names_filter=[HOOK])
+        return [model.tokenizer.decode([int(t)]) for t in tokens[0, 1:]], sae.encode(cache[HOOK])[0, 1:]
+
+    return codes
 
 
 def chromium_available() -> bool:

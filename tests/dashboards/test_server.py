@@ -9,34 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from sae_lens import SAE
 
 from hybrid_sae_ext.dashboards.live import MAX_TEXT_CHARS, LiveModel
 from hybrid_sae_ext.dashboards.server import create_app
 from hybrid_sae_ext.dashboards.source import load_source
-from hybrid_sae_ext.models import TINY_LM_NAME, load_model
-from tests.dashboards.conftest import HOOK
-
-TEXT = 'def read(path):\n    """Return the contents of the file at path."""'
-
+from tests.dashboards.conftest import TEXT
 
 @pytest.fixture(scope="module")
 def client(hybrid_sae_path: Path, hybrid_dashboards: Path) -> TestClient:
     return TestClient(create_app(LiveModel(load_source(hybrid_sae_path)), hybrid_dashboards))
-
-
-@pytest.fixture(scope="module")
-def reference(hybrid_sae_path: Path) -> Callable[[str], tuple[list[str], torch.Tensor]]:
-    """Token strings and dense codes ``[tokens, d_sae]`` of a text (BOS dropped), via SAELens' own encode."""
-    model, sae = load_model(TINY_LM_NAME), SAE.load_from_disk(str(hybrid_sae_path))
-
-    @torch.inference_mode()
-    def codes(text: str) -> tuple[list[str], torch.Tensor]:
-        tokens = model.to_tokens(text)
-        _, cache = model.run_with_cache(tokens, names_filter=[HOOK])
-        return [model.tokenizer.decode([int(t)]) for t in tokens[0, 1:]], sae.encode(cache[HOOK])[0, 1:]
-
-    return codes
 
 
 def test_activations_match_a_direct_encode(client: TestClient, reference: Callable) -> None:
