@@ -29,12 +29,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hybrid_sae_ext.dashboards.build import build_dashboards  # noqa: E402
-from hybrid_sae_ext.dashboards.config import DashboardConfig  # noqa: E402
-from hybrid_sae_ext.dashboards.live import LiveModel  # noqa: E402
-from hybrid_sae_ext.dashboards.source import corpus_rows, encode_firings, hook_activations, load_source  # noqa: E402
-from hybrid_sae_ext.io import write_json_atomic, write_text_atomic  # noqa: E402
-from hybrid_sae_ext.measure import device_name  # noqa: E402
+from hybrid_sae_ext.dashboards.build import build_dashboards
+from hybrid_sae_ext.dashboards.config import DashboardConfig
+from hybrid_sae_ext.dashboards.live import LiveModel
+from hybrid_sae_ext.dashboards.source import corpus_rows, encode_firings, hook_activations, load_source
+from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
+from hybrid_sae_ext.measure import device_name
 
 TEXT_TOKENS = 128
 

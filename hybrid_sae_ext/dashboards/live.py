@@ -76,7 +76,7 @@ class LiveModel:
 
     def search(self, text: str, top: int = 10) -> list[dict[str, Any]]:
         """The latents ``text`` uses most: ranked by summed activation over its tokens."""
-        strings, token, ids, values = self._codes(self.tokenize(text))
+        _, _, ids, values = self._codes(self.tokenize(text))
         d_sae = self.source.d_sae
         total = torch.bincount(ids, weights=values.double(), minlength=d_sae)
         count = torch.bincount(ids, minlength=d_sae)

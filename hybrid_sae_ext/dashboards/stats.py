@@ -27,10 +27,23 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hybrid_sae_ext.dashboards.accumulate import (
-    NO_EXAMPLE, add_cofiring, add_histogram, count_below, merge_top, rank_keys, ranks_from_slots,
+    NO_EXAMPLE,
+    add_cofiring,
+    add_histogram,
+    count_below,
+    merge_top,
+    rank_keys,
+    ranks_from_slots,
 )
 from hybrid_sae_ext.dashboards.config import DashboardConfig
-from hybrid_sae_ext.dashboards.source import Firings, GateCandidates, SAESource, corpus_rows, encode_firings, hook_activations
+from hybrid_sae_ext.dashboards.source import (
+    Firings,
+    GateCandidates,
+    SAESource,
+    corpus_rows,
+    encode_firings,
+    hook_activations,
+)
 from hybrid_sae_ext.dashboards.weights import cofiring_neighbours
 from hybrid_sae_ext.io import atomic_path, sha256_file
 

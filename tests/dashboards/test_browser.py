@@ -135,7 +135,7 @@ def test_highlighted_tokens_and_values_match_the_statistics(page: Any, guard: Gu
 
 def test_index_sorts_filters_and_links_to_latent_pages(page: Any, guard: Guard, server: str, data: DashboardData) -> None:
     page.goto(f"{server}/dashboards/index.html")
-    latents = lambda: [int(x) for x in page.locator("#latents-body tr").evaluate_all("rows => rows.map(r => r.dataset.latent)")]  # noqa: E731
+    latents = lambda: [int(x) for x in page.locator("#latents-body tr").evaluate_all("rows => rows.map(r => r.dataset.latent)")]
     assert latents() == list(range(data.d_sae))
     page.click("th[data-key=max]")
     maxima = data.stats["max"]

@@ -15,6 +15,7 @@ from hybrid_sae_ext.dashboards.server import create_app
 from hybrid_sae_ext.dashboards.source import load_source
 from tests.dashboards.conftest import TEXT
 
+
 @pytest.fixture(scope="module")
 def client(hybrid_sae_path: Path, hybrid_dashboards: Path) -> TestClient:
     return TestClient(create_app(LiveModel(load_source(hybrid_sae_path)), hybrid_dashboards))
