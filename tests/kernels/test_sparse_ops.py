@@ -61,13 +61,15 @@ def test_sparse_matches_dense_values_and_gradients(device: str, k: int, k_aux: i
         torch.testing.assert_close(g_s, g_d)
 
 
+@pytest.mark.parametrize("selection_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_selected_values_are_exact_dot_products(dtype: torch.dtype) -> None:
+def test_selected_values_are_exact_dot_products(dtype: torch.dtype, selection_dtype: str) -> None:
     """Values are x . W_enc[:, i] accumulated in fp32 and rounded once to the storage dtype, not
-    recovered from biased scores as (pre + bias) - bias (error ~ ulp(bias) = 0.03 in bf16 here)."""
+    recovered from biased scores as (pre + bias) - bias (error ~ ulp(bias), large with this bias)."""
     d_in = 64
     x, W_enc, _, bias, _ = _problem("cpu", n=64, d_in=d_in, d_sae=128, dtype=dtype)
-    sel, _ = get_kernels("sparse").encode(x, W_enc, bias, 8)
+    bias = bias.float() * 1e6
+    sel, _ = get_kernels("sparse").encode(x, W_enc, bias, 8, selection_dtype=selection_dtype)
     reference = np.take_along_axis(_reference_pre(x, W_enc), sel.indices.numpy(), 1)
     error = np.abs(sel.values.detach().double().numpy() - reference)
     abs_terms = np.abs(x.detach().double().numpy()) @ np.abs(W_enc.detach().double().numpy())
