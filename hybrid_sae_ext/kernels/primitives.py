@@ -25,9 +25,12 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
-def use_triton(tensor: Tensor) -> bool:
-    """The Triton kernels run only on CUDA tensors, and only when Triton is installed."""
-    return tensor.is_cuda and _HAS_TRITON
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def use_triton(*tensors: Tensor) -> bool:
+    """The Triton kernels run only on CUDA tensors of fp32/bf16/fp16, and only when Triton is installed."""
+    return _HAS_TRITON and all(t.is_cuda and t.dtype in TRITON_DTYPES for t in tensors)
 
 
 def accumulation_dtype(*tensors: Tensor) -> torch.dtype:
@@ -42,7 +45,7 @@ def gathered_dot(
     rows: Float[Tensor, "n d"], columns: Float[Tensor, "d m"], indices: Int[Tensor, "n k"]
 ) -> Float[Tensor, "n k"]:
     """``out[i, j] = rows[i] . columns[:, indices[i, j]]`` (fp32 or wider), never gathering ``n x k x d``."""
-    if use_triton(rows):
+    if use_triton(rows, columns):
         from hybrid_sae_ext.kernels import triton_ops
 
         return triton_ops.gathered_dot(rows, columns, indices)
@@ -64,7 +67,7 @@ def scatter_matmul(
 
     This is the weight gradient of both the encoder and the decoder; duplicate indices add up.
     """
-    if use_triton(rows):
+    if use_triton(values, rows):
         from hybrid_sae_ext.kernels import triton_ops
 
         return triton_ops.scatter_matmul(values, indices, rows, n_out)
@@ -83,10 +86,12 @@ def gather_sum(
 ) -> Float[Tensor, "n d"]:
     """``out[i] = sum_j values[i, j] * table[indices[i, j]]`` in ``table.dtype`` (the sparse decode).
 
+    The Triton kernel reads a strided ``table`` in place; the PyTorch path copies it contiguous.
     ``embedding_bag`` accumulates bf16/fp16 in fp32 on CPU and CUDA (checked in the tests).
     """
-    if use_triton(table):
+    if use_triton(values, table):
         from hybrid_sae_ext.kernels import triton_ops
 
         return triton_ops.gather_sum(values, indices, table)
-    return F.embedding_bag(indices, table, per_sample_weights=values.to(table.dtype), mode="sum")
+    # embedding_bag is ~10x slower on a strided table (e.g. W_enc.t()) than copy + contiguous call
+    return F.embedding_bag(indices, table.contiguous(), per_sample_weights=values.to(table.dtype), mode="sum")

@@ -78,8 +78,7 @@ class _SparseEncode(torch.autograd.Function):
         grad = torch.cat([grad_values, grad_aux_values], dim=1)
         grad_x = grad_W_enc = None
         if ctx.needs_input_grad[0]:
-            # embedding_bag is ~10x slower on a transposed view than copy + contiguous call
-            grad_x = gather_sum(grad, all_indices, W_enc.t().contiguous()).to(x.dtype)
+            grad_x = gather_sum(grad, all_indices, W_enc.t()).to(x.dtype)
         if ctx.needs_input_grad[1]:
             grad_W_enc = scatter_matmul(grad, all_indices, x, W_enc.shape[1]).t().to(W_enc.dtype)
         return grad_x, grad_W_enc, None, None, None, None, None
