@@ -347,14 +347,18 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        """SAELens' training step on the sparse forward; dense codes are built only for its stats."""
+        """SAELens' training step on the sparse forward; the codes go to its stats as a sparse COO
+        tensor (``batch * k`` entries; SAELens' trainer reads ``feature_acts`` through ``.bool()``,
+        ``.sum`` and ``.to_dense()`` of reductions, which accept it), never a dense ``batch x d_sae``."""
         out = self.hybrid_forward(
             step_input.sae_in, step_input.dead_neuron_mask, step_input.coefficients.get("l1")
         )
         with torch.no_grad():
-            values = out.codes.values.detach()
-            feature_acts = values.new_zeros(values.shape[0], self.cfg.d_sae).scatter(
-                1, out.codes.indices, values
+            values, indices = out.codes.values.detach(), out.codes.indices
+            tokens = torch.arange(values.shape[0], device=values.device).repeat_interleave(values.shape[1])
+            feature_acts = torch.sparse_coo_tensor(
+                torch.stack([tokens, indices.reshape(-1)]), values.reshape(-1), (values.shape[0], self.cfg.d_sae),
+                is_coalesced=True, check_invariants=False,
             )
         return TrainStepOutput(
             sae_in=step_input.sae_in,
