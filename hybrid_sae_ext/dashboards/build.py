@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from hybrid_sae_ext.dashboards.config import DashboardConfig, check_output_dir, locked_output_dir
+from hybrid_sae_ext.dashboards.config import DashboardConfig
+from hybrid_sae_ext.folders import check_output_dir, folder_lock
 from hybrid_sae_ext.dashboards.exports import write_exports
 from hybrid_sae_ext.dashboards.records import FORMAT, META_FILE, VOCAB_FILE, WEIGHT_STATS_FILE, DashboardData
 from hybrid_sae_ext.dashboards.render import write_site
@@ -54,11 +55,11 @@ def build_dashboards(cfg: DashboardConfig, stop_after_batches: int | None = None
     Returns None when ``stop_after_batches`` interrupted the statistics pass (its state is kept to resume).
     """
     read_sae_metadata(cfg.sae_path)
-    out = check_output_dir(cfg.out)
+    out = check_output_dir(cfg.out, "--out")
     seconds: dict[str, float] = {}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with locked_output_dir(out):
+    with folder_lock(out, "dashboard folder"):
         start = time.perf_counter()
         source = load_source(cfg.sae_path, cfg.device)
         plan = make_plan(cfg, source)

@@ -1,4 +1,4 @@
-"""The dashboard build configuration, validated at construction, and the early output-folder check.
+"""The dashboard build configuration, validated at construction.
 
 Why: a mistake (a path under a file, a negative count, an SAE folder without metadata) must stop the
 build with one line naming the value before any model forward pass runs.
@@ -6,17 +6,10 @@ build with one line naming the value before any model forward pass runs.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from hybrid_sae_ext.activations.tokens import EMBEDDED_CORPUS
-
-LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -96,51 +89,3 @@ class DashboardConfig:
     @property
     def examples_per_latent(self) -> int:
         return self.n_top + self.quantile_groups * self.examples_per_group
-
-
-def check_output_dir(path: str | Path) -> Path:
-    """Make sure ``path`` is (or can become) a writable folder; raise a ValueError naming it otherwise."""
-    folder = Path(path)
-    try:
-        os.fsencode(str(folder)).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"output folder {str(folder)!r} is not valid UTF-8; choose a UTF-8 path") from None
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"output folder {folder}: {existing} exists and is not a folder")
-    if str(folder.resolve()).startswith(("/proc/", "/sys/", "/dev/")):
-        raise ValueError(f"output folder {folder} is under a virtual filesystem; choose a normal folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"output folder {folder} is not writable ({err.strerror or err})") from None
-    return folder
-
-
-@contextlib.contextmanager
-def locked_output_dir(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` for the whole build; a second builder is refused, naming the holder.
-
-    ``flock`` locks die with their process, so a killed build never leaves a stale lock behind.
-    """
-    lock_file = folder / LOCK_FILE
-    handle = open(lock_file, "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ValueError(f"output folder {folder} is being written by {holder}; wait for it or choose another folder") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
-        yield
-    finally:
-        handle.close()

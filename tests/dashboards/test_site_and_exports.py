@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from hybrid_sae_ext.dashboards.build import build_dashboards
-from hybrid_sae_ext.dashboards.config import DashboardConfig, locked_output_dir
+from hybrid_sae_ext.dashboards.config import DashboardConfig
+from hybrid_sae_ext.folders import folder_lock
 from hybrid_sae_ext.dashboards.records import DashboardData
 from hybrid_sae_ext.dashboards.render import PAGE_LIMIT_BYTES
 from tests.dashboards.conftest import dashboard_config
@@ -71,9 +72,9 @@ def test_bad_build_inputs_are_refused_before_any_work(hybrid_sae_path: Path, tmp
     cases = [
         (dict(tokens=0), "tokens must be >= 1, got tokens=0"),
         (dict(sample_size=4), "sample_size=4 must be >= quantile_groups x examples_per_group=8"),
-        (dict(out=""), "out must be a path"),
-        (dict(out=str(tmp_path / "a-file" / "out")), "exists and is not a folder"),
-        (dict(out="/proc/self/dashboards"), "virtual filesystem|not writable"),
+        (dict(out=""), "out must be a path|the path is empty"),
+        (dict(out=str(tmp_path / "a-file" / "out")), "a-file. is a file, not a folder"),
+        (dict(out="/proc/self/dashboards"), "cannot create files in"),
         (dict(sae_path=str(tmp_path / "no-sae")), "no SAE config here"),
         (dict(sae_path=str(tmp_path / "broken")), "broken/cfg.json: not valid JSON"),
     ]
@@ -87,8 +88,8 @@ def test_bad_build_inputs_are_refused_before_any_work(hybrid_sae_path: Path, tmp
 def test_a_second_builder_on_a_locked_folder_is_refused(hybrid_sae_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    with locked_output_dir(out):
-        with pytest.raises(ValueError, match=rf"output folder {out} is being written by pid {os.getpid()}"):
+    with folder_lock(out, "dashboard folder"):
+        with pytest.raises(ValueError, match=rf"dashboard folder '{out}' is in use by pid {os.getpid()}"):
             build_dashboards(dashboard_config(hybrid_sae_path, out))
     assert not (out / "stats.safetensors").exists()
 
