@@ -104,14 +104,15 @@ def plot_frontier(results: dict[str, Any], metric: str, ylabel: str, out: Path, 
         points = sorted((r["l0"], r[metric]) for r in results["runs"] if r["architecture"] == arch and r["seed"] == first)
         (line,) = ax.plot(*zip(*points), marker="o", alpha=0.6, label=label(arch))
         cell = row[metric]
-        ax.errorbar([results["target_l0"]], [cell["mean"]], yerr=[[cell["ci95"] or 0]], color=line.get_color(),
+        ax.errorbar([results["target_l0"] if row["matched"] else row["l0"]["mean"]], [cell["mean"]], yerr=[[cell["ci95"] or 0]], color=line.get_color(),
                     marker="*", markersize=11, capsize=3)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("L0 (mean active latents per held-out token)")
     ax.set_ylabel(ylabel)
-    ax.set_title(f"Frontiers (seed {first}); stars: mean ± 95% CI over seeds at L0={results['target_l0']}", fontsize=9)
+    ax.set_title(f"Frontiers (seed {first}); stars: mean ± 95% CI over seeds at L0={results['target_l0']}\n"
+                 "(at their own L0 where the frontier does not reach the target)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, out, name)

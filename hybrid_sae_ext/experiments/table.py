@@ -96,6 +96,7 @@ def comparison_table(runs: list[dict[str, Any]], target: float, tolerance: float
             if _spans(frontier, target) else f"NOT matched: seeds {missed} off target, the frontier does not reach "
             f"L0={target:g}; raw values at the L0 shown",
             "l0_spread": l0_spread(targets[0]["l0_histogram"]),
+            "matched": not missed or _spans(frontier, target),
         }
         for metric in (*CORRECTED_METRICS, *RAW_METRICS):
             if all(metric in v for v in values.values()):
