@@ -19,7 +19,8 @@ ARCHITECTURE_LABELS = {
 TABLE_COLUMNS = (
     ("l0", "L0", "{:.1f}"), ("l0_std", "L0 per-token std", "{:.1f}"), ("fvu", "FVU", "{:.4f}"),
     ("normalized_mse", "norm. MSE", "{:.4f}"), ("ce_loss_recovered", "CE recovered", "{:.4f}"), ("kl_div", "KL", "{:.4f}"),
-    ("dead_fraction", "dead", "{:.1%}"), ("flattening", "FVU gain, last doubling", "{:.1%}"),
+    ("dead_fraction", "dead", "{:.1%}"), ("heldout_fvu", "held-out FVU, training forward", "{:.4f}"),
+    ("heldout_l0", "its L0", "{:.1f}"), ("flattening", "FVU gain, last doubling", "{:.1%}"),
     ("time_vs_ksparse", "time vs TopK", "{:.2f}"),
 )
 
@@ -60,7 +61,11 @@ def comparison_markdown(results: dict[str, Any]) -> str:
         f"{cfg['seeds'][0]}'s data), until the probe's L0 is within {cfg['tolerance']:.0%} of the target. A run whose "
         "held-out L0 still misses the target by more than that has FVU, norm. MSE, CE recovered and KL moved to the target "
         "along its architecture's frontier (first seed, piecewise linear in log-L0); the method column says which. "
-        "Every cell: mean ± 95% Student-t interval over seeds. Every run's full config is in `comparison.json` (`runs[*].config`).",
+        "Every cell: mean ± 95% Student-t interval over seeds. Every run's full config is in `comparison.json` (`runs[*].config`). "
+        "L0 to KL are the splice evaluation of the saved inference SAE; 'held-out FVU, training forward' is the training "
+        "SAE's own forward on held-out activations (for BatchTopK: batch-level top-k, before SAELens replaces it by a "
+        "per-token threshold); 'FVU gain, last doubling' is its relative improvement from T/2 to T tokens "
+        "(flattened: < 5%).",
         "",
         "| SAE | setting | how matched | " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |",
         "|" + "---|" * (len(TABLE_COLUMNS) + 3),
@@ -68,7 +73,7 @@ def comparison_markdown(results: dict[str, Any]) -> str:
     for row in table["rows"]:
         cells = [_cell(row.get(key), fmt) for key, _, fmt in TABLE_COLUMNS]
         lines.append(f"| {label(row['architecture'])} | {_settings(row['settings'])} | {row['method']} | " + " | ".join(cells) + " |")
-    lines += ["", "## Head to head (paired by seed, at the target L0)", "",
+    lines += ["", "## Head to head (paired by seed, at the target L0; pairs not both at the target are left out)", "",
               "| hybrid | vs | metric | difference | relative | verdict |", "|---|---|---|---|---|---|"]
     for h in table["head_to_head"]:
         ci = "" if h["ci95"] is None else f" ± {h['ci95']:.4f}"

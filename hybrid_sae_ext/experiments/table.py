@@ -16,8 +16,9 @@ from hybrid_sae_ext.experiments.matching import interpolate_log_l0, landed, mean
 
 CORRECTED_METRICS = ("fvu", "normalized_mse", "ce_loss_recovered", "kl_div")
 """Moved to the target L0 along the frontier when a run's L0 misses it."""
-RAW_METRICS = ("l0", "l0_std", "dead_fraction", "train_seconds", "flattening")
-"""Reported as measured."""
+RAW_METRICS = ("l0", "l0_std", "dead_fraction", "train_seconds", "flattening", "heldout_fvu", "heldout_l0")
+"""Reported as measured. ``heldout_*``: the training SAE's own forward on held-out activations at the end
+(for BatchTopK that is its batch-level top-k, i.e. before SAELens turns it into a per-token threshold)."""
 REFERENCE = "ksparse"
 CHALLENGERS = ("hybrid", "hybrid-adaptive")
 OPPONENTS = ("ksparse", "ksparse-matched", "batchtopk")
@@ -46,7 +47,7 @@ def l0_spread(histogram: list[int]) -> dict[str, float]:
 def flattening(run: dict[str, Any]) -> float | None:
     """Relative held-out FVU improvement over the last doubling of tokens (None without a curve)."""
     curve = run.get("heldout_curve") or []
-    if len(curve) < 2 or curve[-2]["tokens"] * 2 != curve[-1]["tokens"]:
+    if len(curve) < 2 or not 1.9 <= curve[-1]["tokens"] / curve[-2]["tokens"] <= 2.1:
         return None
     return 1.0 - curve[-1]["fvu"] / curve[-2]["fvu"]
 
@@ -84,6 +85,8 @@ def comparison_table(runs: list[dict[str, Any]], target: float, tolerance: float
             cells = {m: _at_target(run, frontier, m, target, tolerance) for m in CORRECTED_METRICS}
             cells.update(l0=run["l0"], l0_std=l0_spread(run["l0_histogram"])["std"],
                          dead_fraction=run["dead_fraction"], train_seconds=run["train_seconds"])
+            if run.get("heldout_curve"):
+                cells.update(heldout_fvu=run["heldout_curve"][-1]["fvu"], heldout_l0=run["heldout_curve"][-1]["l0"])
             if (flat := flattening(run)) is not None:
                 cells["flattening"] = flat
             values[run["seed"]] = cells
@@ -105,7 +108,8 @@ def comparison_table(runs: list[dict[str, Any]], target: float, tolerance: float
         row["peak_memory_mib"] = next((r["peak_memory_mib"] for r in targets if r["peak_memory_mib"] is not None), None)
         rows.append(row)
     _add_ratios(rows, per_seed)
-    return {"rows": rows, "head_to_head": head_to_head(per_seed)}
+    matched = {row["architecture"] for row in rows if row["matched"]}
+    return {"rows": rows, "head_to_head": head_to_head(per_seed, matched, target, tolerance)}
 
 
 def _add_ratios(rows: list[dict[str, Any]], per_seed: dict[str, dict[int, dict[str, float]]]) -> None:
@@ -122,15 +126,26 @@ def _add_ratios(rows: list[dict[str, Any]], per_seed: dict[str, dict[int, dict[s
                                     if row["peak_memory_mib"] is not None and ref_memory else None)
 
 
-def head_to_head(per_seed: dict[str, dict[int, dict[str, float]]]) -> list[dict[str, Any]]:
-    """Paired (same seed) differences challenger - opponent in FVU and KL at the target L0.
+def _comparable(per_seed: dict[int, dict[str, float]], matched: bool, metric: str, target: float, tolerance: float) -> bool:
+    """Splice metrics need a matched row; the held-out forward's FVU needs that forward's L0 on target."""
+    if metric != "heldout_fvu":
+        return matched
+    return all("heldout_l0" in v and landed(v["heldout_l0"], target, tolerance) for v in per_seed.values())
+
+
+def head_to_head(per_seed: dict[str, dict[int, dict[str, float]]], matched: set[str], target: float,
+                 tolerance: float) -> list[dict[str, Any]]:
+    """Paired (same seed) differences challenger - opponent at the target L0, in splice FVU and KL and in the
+    training forward's held-out FVU; pairs that are not both at the target L0 are left out.
 
     ``verdict``: "lower"/"higher" when the 95% interval excludes 0, else "not resolved".
     """
     rows = []
     for challenger in (c for c in CHALLENGERS if c in per_seed):
         for opponent in (o for o in OPPONENTS if o in per_seed):
-            for metric in ("fvu", "kl_div"):
+            for metric in ("fvu", "kl_div", "heldout_fvu"):
+                if not all(_comparable(per_seed[a], a in matched, metric, target, tolerance) for a in (challenger, opponent)):
+                    continue
                 seeds = sorted(set(per_seed[challenger]) & set(per_seed[opponent]))
                 diffs = [per_seed[challenger][s][metric] - per_seed[opponent][s][metric] for s in seeds]
                 mean, half = mean_interval(diffs)

@@ -81,6 +81,13 @@ def test_flattening_and_head_to_head() -> None:
     assert flattening({"heldout_curve": [{"tokens": 100, "fvu": 0.4}]}) is None
     per_seed = {"hybrid": {s: {"fvu": 0.10 + 0.001 * s, "kl_div": 0.5} for s in range(3)},
                 "ksparse": {s: {"fvu": 0.20, "kl_div": 0.5 + 0.1 * (s - 1)} for s in range(3)}}
-    rows = {r["metric"]: r for r in head_to_head(per_seed)}
+    rows = {r["metric"]: r for r in head_to_head(per_seed, {"hybrid", "ksparse"}, 32.0, 0.1)}
     assert rows["fvu"]["verdict"] == "lower" and rows["fvu"]["diff"] == pytest.approx(-0.099)
     assert rows["kl_div"]["verdict"] == "not resolved" and rows["kl_div"]["relative"] == pytest.approx(0.0)
+    assert head_to_head(per_seed, {"hybrid"}, 32.0, 0.1) == []  # an unmatched opponent is not compared
+    for s in range(3):
+        per_seed["hybrid"][s].update(heldout_fvu=0.1, heldout_l0=33.0)
+        per_seed["ksparse"][s].update(heldout_fvu=0.2, heldout_l0=32.0 if s else 50.0)
+    assert "heldout_fvu" not in {r["metric"] for r in head_to_head(per_seed, {"hybrid", "ksparse"}, 32.0, 0.1)}
+    per_seed["ksparse"][0]["heldout_l0"] = 32.0
+    assert "heldout_fvu" in {r["metric"] for r in head_to_head(per_seed, {"hybrid", "ksparse"}, 32.0, 0.1)}
