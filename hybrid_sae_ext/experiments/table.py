@@ -63,9 +63,9 @@ def _spans(frontier: list[dict[str, Any]], target: float) -> bool:
 
 
 def _at_target(run: dict[str, Any], frontier: list[dict[str, Any]], metric: str, target: float, tolerance: float) -> float:
-    """The run's metric, moved to the target L0 along the frontier when the run missed it and the frontier
-    spans the target (never extrapolated: a run that cannot be matched keeps its raw value, and says so)."""
-    if landed(run["l0"], target, tolerance) or not _spans(frontier, target):
+    """The run's metric, moved to exactly the target L0 along the frontier when the frontier spans the target
+    (never extrapolated: a run that cannot be matched keeps its raw value, and says so)."""
+    if run["l0"] == target or not _spans(frontier, target):
         return run[metric]
     points = [(r["l0"], r[metric]) for r in frontier]
     return run[metric] + interpolate_log_l0(points, target) - interpolate_log_l0(points, run["l0"])
@@ -94,7 +94,8 @@ def comparison_table(runs: list[dict[str, Any]], target: float, tolerance: float
         settings = {k: v for k, v in targets[0].items() if k in ("k", "target_l0", "l1_coefficient", "l0_coefficient")}
         row: dict[str, Any] = {
             "architecture": arch, "settings": settings, "seeds": [r["seed"] for r in targets],
-            "method": "landed" if not missed else
+            "method": ("exact" if all(r["l0"] == target for r in targets) else f"landed within {tolerance:.0%}; moved "
+                       f"to L0={target:g} along the seed-{first_seed} frontier") if not missed else
             f"seeds {missed} off target by > {tolerance:.0%} in L0: moved to L0={target:g} along the seed-{first_seed} frontier"
             if _spans(frontier, target) else f"NOT matched: seeds {missed} off target, the frontier does not reach "
             f"L0={target:g}; raw values at the L0 shown",

@@ -41,7 +41,7 @@ def test_comparison_end_to_end(tiny_comparison: tuple[Path, dict[str, Any]]) -> 
 
     # A landed cell is the seeds' mean with a t interval, recomputed here from the runs.
     fvu = [r["fvu"] for r in _targets(results, "ksparse")]
-    assert rows["ksparse"]["method"] == "landed"
+    assert rows["ksparse"]["method"] == "exact"
     mean = sum(fvu) / 3
     half = T_975_DF2 * math.sqrt(sum((v - mean) ** 2 for v in fvu) / 2) / math.sqrt(3)
     assert rows["ksparse"]["fvu"]["mean"] == pytest.approx(mean) and rows["ksparse"]["fvu"]["ci95"] == pytest.approx(half)

@@ -64,7 +64,7 @@ def test_off_target_run_moves_along_the_frontier_but_never_extrapolates() -> Non
     run = {"l0": 40.0, "fvu": 0.22}  # another seed, 25% off target 32
     expected = 0.22 + (0.3 + (0.2 - 0.3) * math.log(2.0) / math.log(2.5)) - 0.2
     assert _at_target(run, frontier, "fvu", 32.0, 0.1) == pytest.approx(expected)
-    assert _at_target({"l0": 34.0, "fvu": 0.22}, frontier, "fvu", 32.0, 0.1) == 0.22  # landed: as measured
+    assert _at_target({"l0": 32.0, "fvu": 0.22}, frontier, "fvu", 32.0, 0.1) == 0.22  # exactly on target: as measured
     assert _at_target({"l0": 200.0, "fvu": 0.05}, frontier, "fvu", 8.0, 0.1) == 0.05  # frontier misses 8
 
 
