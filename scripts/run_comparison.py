@@ -1,9 +1,11 @@
-"""Compare vanilla (L1), gated, K-sparse and hybrid SAEs on identical activations.
+"""Compare vanilla, gated, JumpReLU, TopK (two inits), BatchTopK and the hybrid (fixed k and target_l0)
+at one target L0, on identical activations, budget and seeds.
 
-    python scripts/run_comparison.py --debug
+    python scripts/run_comparison.py --debug --seeds 0 1 2
     python scripts/run_comparison.py --model gpt2 --layer 6 --n_features 4096 --batch_size 8 --epochs 2
 """
 
+import logging
 from pathlib import Path
 
 import hybrid_sae_ext  # noqa: F401  (registers the hybrid architecture)
@@ -14,6 +16,7 @@ from hybrid_sae_ext.folders import check_output_dir
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = parse_config(ComparisonConfig, argv)
     check_output_dir(cfg.out, "--out")
     if cfg.cache_dir:

@@ -13,9 +13,9 @@ from hybrid_sae_ext.experiments.comparison import ComparisonConfig, run_comparis
 @pytest.fixture(scope="session")
 def tiny_comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("comparison") / "out"
-    cfg = ComparisonConfig(
-        n_features=128, tokens=4096, context_size=33, batch_size=4, epochs=1, k=[4, 8, 16],
-        l1_coefficient=[1.0, 10.0], eval_batches=2, out=str(out),
+    cfg = ComparisonConfig(  # run_comparison.py --debug --seeds 0 1 2, all architectures, tiny sizes
+        n_features=64, tokens=1024, context_size=17, batch_size=4, epochs=1, target_l0=4, seeds=[0, 1, 2],
+        search_probes=2, heldout_tokens=512, curve_points=2, eval_batches=1, out=str(out),
     )
     results = run_comparison(cfg)
     write_results(results, out)

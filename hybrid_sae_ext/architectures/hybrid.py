@@ -39,6 +39,8 @@ from hybrid_sae_ext.kernels.selection import SELECTION_DTYPES, select_topk
 # Normalizations applied inside the SAE's forward would put the AuxK residual and the MSE target
 # in different spaces; "expected_average_only_in" is applied by the data pipeline, so it is safe.
 _TRAINING_NORMALIZATIONS = ("none", "expected_average_only_in")
+TARGET_L0_THRESHOLD_RATE = 0.05
+"""Per-step EMA rate of the adaptive gate threshold (``target_l0``): settles in ~1/rate steps."""
 
 
 def _validate_k(d_in: int, d_sae: int, k: int) -> None:
@@ -48,6 +50,11 @@ def _validate_k(d_in: int, d_sae: int, k: int) -> None:
         raise ValueError(f"d_sae must be >= 1, got d_sae={d_sae}")
     if not 1 <= k <= d_sae:
         raise ValueError(f"k must satisfy 1 <= k <= d_sae={d_sae}, got k={k}")
+
+
+def _validate_target_l0(target_l0: float | None, k: int) -> None:
+    if target_l0 is not None and not 0 < target_l0 <= k:
+        raise ValueError(f"target_l0 must be None or in (0, k={k}], got target_l0={target_l0}")
 
 
 @dataclass
@@ -88,10 +95,13 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
     selection_dtype: str = "auto"
     """How the top-k candidates are scored: "float32" (exact), "bfloat16" (top k + margin in bf16, rescored
     exactly; values and gradients stay exact), "auto" (bf16 where a one-time timing shows it faster)."""
+    target_l0: float | None = None
+    """Mean latents per token to settle at (0 < target_l0 <= k); k stays the per-token cap. None: fixed k."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _validate_k(self.d_in, self.d_sae, self.k)
+        _validate_target_l0(self.target_l0, self.k)
         if self.kernel_backend not in KERNEL_BACKENDS:
             raise ValueError(
                 f"kernel_backend={self.kernel_backend!r} is not one of {KERNEL_BACKENDS}"
@@ -173,10 +183,14 @@ class _HybridMixin:
     def kernel_backend(self) -> str:
         return getattr(self.cfg, "kernel_backend", "sparse")
 
-    def _codes(self, selection: TopKSelection) -> tuple[Tensor, Tensor]:
-        """Gate pre-activations and gated magnitudes of the selected latents."""
+    def _gate_threshold(self) -> Tensor | float:
+        """The adaptive gate's threshold (``target_l0``); 0 for fixed k and at inference, which folds it into b_gate."""
+        return getattr(self, "gate_threshold", 0.0)
+
+    def _codes(self, selection: TopKSelection, gate_threshold: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
+        """Gate pre-activations (minus the adaptive threshold, if any) and gated magnitudes of the selected latents."""
         idx = selection.indices
-        gate_pre = selection.values + self.b_gate[idx]
+        gate_pre = selection.values + self.b_gate[idx] - gate_threshold
         magnitude = torch.relu(self.r_mag[idx].exp() * selection.values + self.b_mag[idx])
         return gate_pre, magnitude * (gate_pre > 0)
 
@@ -197,7 +211,7 @@ class _HybridMixin:
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
         encode = get_kernels(self.kernel_backend).encode
         selection, _ = encode(self._flat(sae_in), self.W_enc, self.b_gate, self.cfg.k)
-        _, values = self._codes(selection)
+        _, values = self._codes(selection, self._gate_threshold())
         lead = sae_in.shape[:-1]
         return SparseCodes(values.reshape(*lead, -1), selection.indices.reshape(*lead, -1))
 
@@ -221,7 +235,7 @@ class _HybridMixin:
         pre = self.hook_sae_acts_pre(sae_in @ self.W_enc)  # type: ignore[attr-defined]
         flat_pre = pre.reshape(-1, self.cfg.d_sae)
         indices, _ = select_topk(flat_pre + self.b_gate, self.b_gate, self.cfg.k, None, 0)
-        _, values = self._codes(TopKSelection(flat_pre.gather(1, indices), indices))
+        _, values = self._codes(TopKSelection(flat_pre.gather(1, indices), indices), self._gate_threshold())
         dense = torch.zeros_like(flat_pre).scatter(1, indices, values).reshape(pre.shape)
         return self.hook_sae_acts_post(dense), pre  # type: ignore[attr-defined]
 
@@ -290,6 +304,24 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
     def initialize_weights(self) -> None:
         super().initialize_weights()
         self._init_hybrid_params()
+        if self.cfg.target_l0 is not None:
+            # Only adaptive SAEs carry it, so fixed-k checkpoints keep their state-dict keys.
+            self.register_buffer("gate_threshold", torch.zeros((), dtype=self.dtype, device=self.device))
+
+    @torch.no_grad()
+    def _track_target_l0(self, gate_pre_raw: Float[Tensor, "n k"]) -> None:
+        """Move the threshold toward the one that gives ``target_l0`` latents per token on this batch.
+
+        Why an EMA of the batch quantile: the threshold is a property of the pre-activation
+        distribution, so estimating it directly converges in ~1/rate steps without the oscillation
+        of a controller on a loss coefficient; the forward always uses the EMA (never the batch
+        quantile), so training and inference gate each token alone, with L0 free in 0..k.
+        """
+        candidates = gate_pre_raw.flatten()
+        closed = candidates.numel() - round(gate_pre_raw.shape[0] * self.cfg.target_l0)
+        # Latents fire on ``> threshold``: the closed-th smallest candidate leaves exactly the target open.
+        batch_threshold = candidates.kthvalue(closed).values if closed >= 1 else candidates.min() - 1.0
+        self.gate_threshold.lerp_(batch_threshold.to(self.gate_threshold.dtype), TARGET_L0_THRESHOLD_RATE)
 
     @override
     def decoder_rows(self) -> Tensor:
@@ -324,7 +356,12 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
             self._flat(self.process_sae_in(x)), self.W_enc, self.b_gate, self.cfg.k, dead_mask, k_aux,
             self.cfg.selection_dtype,
         )
-        gate_pre, values = self._codes(sel)
+        threshold = self._gate_threshold()
+        gate_pre, values = self._codes(sel, threshold)
+        # The gate's own terms see the un-thresholded gate, so the adaptive threshold cannot drag b_gate along.
+        gate_pre = gate_pre + threshold
+        if self.cfg.target_l0 is not None and self.training and sel.values.shape[0] > 0:
+            self._track_target_l0(gate_pre.detach())
         rows = self.decoder_rows()
         sae_out = kernels.decode(values, sel.indices, rows) + self.b_dec
         mse = (sae_out - target).pow(2).sum(-1).mean()
@@ -396,6 +433,9 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)
         state_dict["W_dec"] = self.decoder_rows().detach().clone()
+        if "gate_threshold" in state_dict:
+            # A shared shift of b_gate leaves the top-k order alone, so inference needs no threshold.
+            state_dict["b_gate"] = state_dict["b_gate"] - state_dict.pop("gate_threshold")
 
     @override
     @torch.no_grad()

@@ -6,6 +6,7 @@ Why: users write ``architecture="hybrid"`` in SAELens configs; SAELens finds cla
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from sae_lens import registry
@@ -23,7 +24,48 @@ COMPARISON_ARCHITECTURES: dict[str, str] = {
     "ksparse": "topk",
     "hybrid": "hybrid",
 }
-"""The four variants compared by the experiments, by friendly name -> SAELens architecture."""
+"""Friendly names that are plain aliases of a SAELens architecture (its defaults, nothing changed)."""
+
+
+@dataclass(frozen=True)
+class ComparisonVariant:
+    """An architecture as the comparison trains it: a SAELens architecture, the config fields that define
+    the variant, and the one knob that sets its sparsity."""
+
+    architecture: str
+    """Registered SAELens architecture."""
+    sparsity_knob: str
+    """``k`` (set to the target L0), ``target_l0`` (hybrid: k = 2 x target as the cap), or a loss
+    coefficient searched until the L0 lands on the target."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Config fields that differ from the architecture's SAELens defaults (and why, in COMPARISON_VARIANTS)."""
+    encoder_init_norm: float | None = None
+    """Norm of every W_enc column set after SAELens' init (W_enc stays parallel to W_dec^T); None: SAELens'."""
+    first_coefficient: float = 1.0
+    """Where the coefficient search starts (coefficient architectures only)."""
+
+    @property
+    def searched(self) -> bool:
+        return self.sparsity_knob not in ("k", "target_l0")
+
+
+COMPARISON_VARIANTS: dict[str, ComparisonVariant] = {
+    "vanilla": ComparisonVariant("standard", "l1_coefficient", first_coefficient=6.0),
+    "gated": ComparisonVariant("gated", "l1_coefficient", first_coefficient=8.0),
+    "jumprelu": ComparisonVariant("jumprelu", "l0_coefficient", first_coefficient=0.5),
+    # SAELens TopK as users get it: decoder rows at norm 0.1, AuxK weight 1.
+    "ksparse": ComparisonVariant("topk", "k"),
+    # The same TopK with the hybrid's free choices: unit-norm decoder rows, W_enc = 0.1 W_dec^T (what the
+    # hybrid's training init gives: SAELens' 0.1 init, decoder renormalised by its reparametrisation), and
+    # the hybrid's AuxK weight 1/32 (Gao et al. 2024).
+    "ksparse-matched": ComparisonVariant(
+        "topk", "k", {"decoder_init_norm": 1.0, "aux_loss_coefficient": 1 / 32}, encoder_init_norm=0.1
+    ),
+    "batchtopk": ComparisonVariant("batchtopk", "k"),
+    "hybrid": ComparisonVariant("hybrid", "k"),
+    "hybrid-adaptive": ComparisonVariant("hybrid", "target_l0"),
+}
+"""Every architecture of the comparison, by the name its tables use."""
 
 _PROJECT_CLASSES: dict[str, tuple[tuple[type, type], tuple[type, type]]] = {
     "hybrid": ((HybridSAE, HybridSAEConfig), (HybridTrainingSAE, HybridTrainingSAEConfig)),
@@ -64,3 +106,10 @@ def resolve_architecture(name: str) -> str:
 def training_classes(name: str) -> tuple[type, type]:
     """The (TrainingSAE class, TrainingSAEConfig class) registered for ``name``."""
     return registry.get_sae_training_class(resolve_architecture(name))
+
+
+def comparison_variant(name: str) -> ComparisonVariant:
+    """The comparison variant called ``name``; the error lists the allowed names."""
+    if name not in COMPARISON_VARIANTS:
+        raise ValueError(f"Unknown comparison architecture {name!r}; allowed: {', '.join(COMPARISON_VARIANTS)}")
+    return COMPARISON_VARIANTS[name]

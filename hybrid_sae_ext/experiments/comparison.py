@@ -1,16 +1,20 @@
-"""The SAE comparison: vanilla (L1), gated, K-sparse and hybrid on identical activations and budget.
+"""The SAE comparison: every architecture at one target L0, on identical activations, budget and seeds.
 
-Activations are captured once into a cache; every SAE of every architecture and sparsity setting
-trains in one pass over that stream (``MultiTrainer``), with the same token budget, learning-rate
-schedule and seed. Sparsity is matched by sweeping each architecture's knob (k, or the L1
-coefficient) and (a) plotting the L0-vs-loss frontiers, (b) tabulating, per architecture, the
-setting whose L0 lands closest to the target L0. Each SAE is then splice-evaluated.
+Activations are captured once into a cache. For each seed, every SAE trains in one ``MultiTrainer``
+pass over that seed's data order, with the same token budget, learning-rate schedule and batch;
+only the architecture knobs differ (``COMPARISON_VARIANTS``). Sparsity is matched without
+hand-picking: k-architectures use k = target (the adaptive hybrid: ``target_l0`` = target, k = 2 x
+target as the cap), coefficient architectures get their coefficient searched (``matching``). The
+first seed's pass also trains a frontier (L0 x ``frontier_factors``). Every SAE is evaluated on
+held-out activations along training (FVU curves) and spliced into the model at the end.
+Finished passes are kept under ``<out>/partial`` so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +22,15 @@ from typing import Any
 
 import torch
 from sae_lens import SAE
+from sae_lens.saes.sae import TrainingSAE
 
 from hybrid_sae_ext.activations import CaptureConfig, capture_activations, open_cache
+from hybrid_sae_ext.architectures.registry import COMPARISON_VARIANTS, ComparisonVariant, training_classes
 from hybrid_sae_ext.evals import evaluate_sae, load_eval_tokens
+from hybrid_sae_ext.experiments.matching import Probe, chosen_coefficient, next_coefficient, search_done
 from hybrid_sae_ext.experiments.report import comparison_markdown, plot_comparison
+from hybrid_sae_ext.experiments.sweep import evaluate as heldout_metrics
+from hybrid_sae_ext.experiments.table import comparison_table
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
 from hybrid_sae_ext.measure import device_name, peak_memory, versions
 from hybrid_sae_ext.models import TINY_LM_NAME, load_model
@@ -30,8 +39,8 @@ from hybrid_sae_ext.training.data import TensorActivationSource, unit_energy_sca
 from hybrid_sae_ext.training.multi import BroadcastSource, MultiTrainer, SingleHookSource
 from hybrid_sae_ext.training.trainer import Trainer
 
-K_ARCHITECTURES = ("ksparse", "hybrid")
-REFERENCE = "ksparse"
+logger = logging.getLogger(__name__)
+_RESUME_IGNORES = ("seeds", "out", "cache_dir", "wandb")
 
 
 @dataclass
@@ -50,12 +59,24 @@ class ComparisonConfig:
     """Passes over the captured activations."""
     tokens: int = 1_000_000
     """Activations captured for training."""
-    architectures: list[str] = field(default_factory=lambda: ["vanilla", "gated", "ksparse", "hybrid"])
-    k: list[int] = field(default_factory=lambda: [16, 32, 64])
-    """k values swept for ksparse and hybrid; the middle one is the target L0 of the table."""
-    l1_coefficient: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
-    """L1 coefficients swept for vanilla and gated (activations are scaled to E|x|^2 = d_in)."""
+    architectures: list[str] = field(default_factory=lambda: list(COMPARISON_VARIANTS))
+    target_l0: int = 32
+    """The mean L0 every architecture is matched to."""
+    frontier_factors: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    """The first seed also trains every architecture at L0 = target x each factor (the frontier)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Each seed sets SAE initialisation and data order; tables give mean and 95% interval over seeds."""
     lr: float = 1e-3
+    search_probes: int = 6
+    """Most short probes per coefficient architecture in the sparsity search."""
+    probe_fraction: float = 0.25
+    """A probe's budget as a fraction of the full run's steps."""
+    tolerance: float = 0.1
+    """A run has landed when its L0 is within this fraction of the target."""
+    heldout_tokens: int = 16_384
+    """Held-out activations (validation split) for the FVU curves."""
+    curve_points: int = 4
+    """Held-out evaluations at T, T/2, T/4, ... of the budget T."""
     eval_batches: int = 16
     """Held-out batches (of batch_size sequences) for the splice evaluation."""
     cache_dir: str = ""
@@ -65,69 +86,162 @@ class ComparisonConfig:
     wandb: str = ""
     """wandb project to log each SAE's training to (WANDB_MODE=offline works); empty disables."""
     debug: bool = False
-    """Small and fast: 131,072 tokens, 8 eval batches."""
-    seed: int = 0
+    """Sized for 2 shared CPU cores: 65,536 tokens, 1,024 latents, 8 eval batches."""
 
     def __post_init__(self) -> None:
         if self.debug:
-            self.tokens, self.eval_batches = min(self.tokens, 131_072), min(self.eval_batches, 8)
-        for name in ("n_features", "batch_size", "epochs", "tokens", "eval_batches"):
+            self.tokens, self.eval_batches = min(self.tokens, 65_536), min(self.eval_batches, 8)
+            self.n_features = min(self.n_features, 1024)
+        for name in ("n_features", "batch_size", "epochs", "tokens", "eval_batches", "search_probes",
+                     "heldout_tokens", "curve_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.context_size < 2:
             raise ValueError(f"context_size must be >= 2, got {self.context_size}")
-        if any(k < 1 or k > self.n_features for k in self.k):
-            raise ValueError(f"every k must satisfy 1 <= k <= n_features={self.n_features}, got {self.k}")
-        for arch in self.architectures:
-            TrainConfig(architecture=arch, d_sae=self.n_features, k=min(self.k))  # validates the names
+        if not 1 <= self.target_l0 <= self.n_features // 2:
+            raise ValueError(f"target_l0 must satisfy 1 <= target_l0 <= n_features/2={self.n_features // 2} "
+                             f"(the adaptive hybrid's cap is 2 x target), got {self.target_l0}")
+        if any(not 0 < f or f * self.target_l0 * 2 > self.n_features for f in self.frontier_factors):
+            raise ValueError(f"frontier_factors must be > 0 with 2 x target_l0 x factor <= n_features, "
+                             f"got {self.frontier_factors}")
+        if not self.seeds or len(set(self.seeds)) < len(self.seeds):
+            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        if not 0 < self.probe_fraction <= 1 or not 0 < self.tolerance < 1:
+            raise ValueError(f"probe_fraction must be in (0, 1] and tolerance in (0, 1), got "
+                             f"{self.probe_fraction}, {self.tolerance}")
+        unknown = [a for a in self.architectures if a not in COMPARISON_VARIANTS]
+        if unknown or not self.architectures:
+            raise ValueError(f"Unknown comparison architecture(s) {unknown}; allowed: {', '.join(COMPARISON_VARIANTS)}")
 
     @property
     def hook_name(self) -> str:
         return f"blocks.{self.layer}.hook_resid_pre"
 
     @property
-    def target_l0(self) -> int:
-        return sorted(self.k)[len(self.k) // 2]
+    def batch_tokens(self) -> int:
+        return self.batch_size * (self.context_size - 1)
 
 
-def sweep(cfg: ComparisonConfig) -> dict[str, tuple[str, dict[str, float]]]:
-    """Run name -> (architecture, its sparsity setting)."""
-    runs: dict[str, tuple[str, dict[str, float]]] = {}
+@dataclass
+class RunSpec:
+    """One SAE to train: its architecture, its sparsity setting and its seed."""
+
+    architecture: str
+    settings: dict[str, float]
+    seed: int
+    role: str
+    """``target`` (the table) or ``frontier`` (the first seed's extra L0 points)."""
+
+    @property
+    def name(self) -> str:
+        knob = ",".join(f"{k}={v:g}" for k, v in self.settings.items())
+        return f"{self.architecture}[{knob}]-seed{self.seed}"
+
+
+def settings_at(variant: ComparisonVariant, l0: float, coefficient: float | None) -> dict[str, float]:
+    """The architecture knobs that aim ``variant`` at mean L0 ``l0``."""
+    if variant.sparsity_knob == "k":
+        return {"k": max(1, round(l0))}
+    if variant.sparsity_knob == "target_l0":
+        return {"k": max(1, round(2 * l0)), "target_l0": float(l0)}
+    assert coefficient is not None
+    return {variant.sparsity_knob: coefficient}
+
+
+def build_run(cfg: ComparisonConfig, spec: RunSpec, d_in: int, steps: int, upstream: Any = None) -> Trainer:
+    """The trainer of one run: the variant's SAELens config (its overrides + settings), shared schedule."""
+    variant = COMPARISON_VARIANTS[spec.architecture]
+    sae_cls, cfg_cls = training_classes(variant.architecture)
+    torch.manual_seed(spec.seed)
+    sae: TrainingSAE[Any] = sae_cls(cfg_cls(d_in=d_in, d_sae=cfg.n_features, device=cfg.device,
+                                            **variant.overrides, **spec.settings))
+    if variant.encoder_init_norm is not None:
+        with torch.no_grad():
+            sae.W_enc.data *= variant.encoder_init_norm / sae.W_enc.norm(dim=0, keepdim=True)
+    train_cfg = TrainConfig(
+        architecture=variant.architecture, d_sae=cfg.n_features, lr=cfg.lr, batch_size=cfg.batch_tokens,
+        total_steps=steps, lr_warmup_steps=max(1, steps // 20), lr_decay_steps=max(1, steps // 5),
+        dead_after_tokens=min(cfg.tokens, 1_000_000), device=cfg.device, seed=spec.seed, progress_bar=False,
+        wandb_project=cfg.wandb or None, k=int(spec.settings.get("k", cfg.target_l0)),
+        l1_coefficient=spec.settings.get("l1_coefficient"),
+    )
+    return Trainer(train_cfg, BroadcastSource(d_in, upstream), sae=sae)
+
+
+def run_config(trainer: Trainer, variant: ComparisonVariant) -> dict[str, Any]:
+    """Everything that defines a run: the trainer's config and the SAE's full SAELens config."""
+    sae_cfg = {k: v for k, v in trainer.sae.cfg.to_dict().items() if k != "metadata"}
+    train_cfg = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(trainer.cfg).items()}
+    return {"train": train_cfg, "sae": sae_cfg, "encoder_init_norm": variant.encoder_init_norm}
+
+
+def train_pass(cfg: ComparisonConfig, specs: list[RunSpec], acts: torch.Tensor, seed: int, steps: int,
+               heldout: torch.Tensor | None = None) -> dict[str, dict[str, Any]]:
+    """Train ``specs`` in one pass over ``seed``'s data order; held-out FVU at T/2^j when ``heldout`` is given."""
+    upstream = SingleHookSource(TensorActivationSource(acts, seed=seed))
+    trainers = {spec.name: build_run(cfg, spec, acts.shape[1], steps, upstream) for spec in specs}
+    multi = MultiTrainer(trainers, upstream, dict.fromkeys(trainers, upstream.hook))
+    marks = sorted({max(1, steps >> j) for j in range(cfg.curve_points)}) if heldout is not None else [steps]
+    out = {name: {"trainer": t, "history": [], "train_seconds": 0.0, "heldout_curve": []} for name, t in trainers.items()}
+    done = 0
+    for mark in marks:
+        result = multi.train(mark - done, progress=False)
+        done = mark
+        for name, trainer in trainers.items():
+            out[name]["history"] += result.history[name]
+            out[name]["train_seconds"] += result.train_seconds[name]
+            if heldout is not None:
+                fvu, l0, dead = heldout_metrics(trainer.sae, heldout)
+                out[name]["heldout_curve"].append({"tokens": trainer.tokens_seen, "fvu": fvu, "l0": l0, "dead": dead})
+    return out
+
+
+def search_coefficients(cfg: ComparisonConfig, acts: torch.Tensor, steps: int) -> dict[str, Any]:
+    """Per coefficient architecture: bisection probes (all architectures in one pass per round)."""
+    searched = [a for a in cfg.architectures if COMPARISON_VARIANTS[a].searched]
+    history: dict[str, list[Probe]] = {a: [] for a in searched}
+    probe_steps = max(1, round(steps * cfg.probe_fraction))
+    tail = max(1, probe_steps // 5)
+    for _ in range(cfg.search_probes):
+        pending = [a for a in searched if not search_done(history[a], cfg.target_l0, cfg.tolerance)]
+        if not pending:
+            break
+        coefficients = {a: next_coefficient(history[a], cfg.target_l0, COMPARISON_VARIANTS[a].first_coefficient)
+                        for a in pending}
+        specs = {a: RunSpec(a, {COMPARISON_VARIANTS[a].sparsity_knob: c}, cfg.seeds[0], "probe")
+                 for a, c in coefficients.items()}
+        logger.info("search round: %s", {a: f"{c:.3g}" for a, c in coefficients.items()})
+        trained = train_pass(cfg, list(specs.values()), acts, cfg.seeds[0], probe_steps)
+        for a, spec in specs.items():
+            last = trained[spec.name]["history"][-tail:]
+            history[a].append(Probe(coefficients[a], sum(m.l0 for m in last) / len(last),
+                                    sum(m.normalized_mse for m in last) / len(last)))
+    return {
+        "probe_steps": probe_steps,
+        "coefficients": {a: chosen_coefficient(history[a], cfg.target_l0) for a in searched},
+        "probes": {a: [dataclasses.asdict(p) for p in history[a]] for a in searched},
+    }
+
+
+def run_specs(cfg: ComparisonConfig, seed: int, coefficients: dict[str, float]) -> list[RunSpec]:
+    """The target runs of every architecture, plus the frontier on the first seed."""
+    specs = []
     for arch in cfg.architectures:
-        if arch in K_ARCHITECTURES:
-            runs.update({f"{arch}-k{k}": (arch, {"k": k}) for k in cfg.k})
-        else:
-            runs.update({f"{arch}-l1_{c:g}": (arch, {"l1_coefficient": c}) for c in cfg.l1_coefficient})
-    return runs
+        variant = COMPARISON_VARIANTS[arch]
+        coefficient = coefficients.get(arch)
+        specs.append(RunSpec(arch, settings_at(variant, cfg.target_l0, coefficient), seed, "target"))
+        if seed == cfg.seeds[0]:
+            for factor in cfg.frontier_factors:
+                scaled = None if coefficient is None else coefficient / factor
+                specs.append(RunSpec(arch, settings_at(variant, cfg.target_l0 * factor, scaled), seed, "frontier"))
+    return specs
 
 
-def capture(cfg: ComparisonConfig, model: Any) -> torch.Tensor:
-    """The training activations (captured once into the cache, resumed if a capture was killed)."""
-    cache_dir = Path(cfg.cache_dir or Path(cfg.out) / "cache")
-    capture_activations(
-        CaptureConfig(output_dir=str(cache_dir), model_name=cfg.model, hook_names=[cfg.hook_name],
-                      context_size=cfg.context_size, skip_bos_activations=True, total_tokens=cfg.tokens,
-                      tokens_per_shard=min(cfg.tokens, 1 << 16), device=cfg.device),
-        model=model,
-    )
-    return open_cache(cache_dir, hook_name=cfg.hook_name).load_all(cfg.hook_name)
-
-
-def train_config(cfg: ComparisonConfig, arch: str, setting: dict[str, float], steps: int) -> TrainConfig:
-    batch_tokens = cfg.batch_size * (cfg.context_size - 1)
-    return TrainConfig(
-        architecture=arch, d_sae=cfg.n_features, lr=cfg.lr, batch_size=batch_tokens, total_steps=steps,
-        lr_warmup_steps=max(1, steps // 20), lr_decay_steps=max(1, steps // 5),
-        dead_after_tokens=min(cfg.tokens, 1_000_000), device=cfg.device, seed=cfg.seed, progress_bar=False,
-        wandb_project=cfg.wandb or None, k=int(setting.get("k", cfg.target_l0)),
-        l1_coefficient=float(setting.get("l1_coefficient", 0.0)),
-    )
-
-
-def step_memory_mib(train_cfg: TrainConfig, acts: torch.Tensor) -> float:
+def step_memory_mib(cfg: ComparisonConfig, spec: RunSpec, acts: torch.Tensor) -> float:
     """Peak memory of building one SAE and running 3 steps, measured alone (not interleaved)."""
-    with peak_memory(train_cfg.device) as peak:
-        trainer = Trainer(dataclasses.replace(train_cfg, wandb_project=None), TensorActivationSource(acts))
+    with peak_memory(cfg.device) as peak:
+        trainer = build_run(cfg, spec, acts.shape[1], 3)
+        trainer.source = TensorActivationSource(acts)
         for _ in range(3):
             trainer.train_step()
     return peak()
@@ -143,71 +257,89 @@ def inference_sae(trainer: Trainer, folder: Path, scale: float, hook_name: str) 
     return sae
 
 
+def evaluate_pass(cfg: ComparisonConfig, specs: list[RunSpec], trained: dict[str, dict[str, Any]], context: dict[str, Any],
+                  acts: torch.Tensor) -> list[dict[str, Any]]:
+    """Splice-evaluate every trained SAE; one JSON-able record per run."""
+    records = []
+    for spec in specs:
+        run = trained[spec.name]
+        trainer: Trainer = run["trainer"]
+        sae = inference_sae(trainer, Path(cfg.out) / "saes" / spec.name, context["scale"], cfg.hook_name)
+        ev = evaluate_sae(context["model"], sae, context["tokens"], cfg.hook_name, batch_size=cfg.batch_size)
+        records.append({
+            "run": spec.name, "architecture": spec.architecture, "seed": spec.seed, "role": spec.role, **spec.settings,
+            "config": run_config(trainer, COMPARISON_VARIANTS[spec.architecture]),
+            "l0": ev.l0_mean, "l0_histogram": ev.l0_histogram, "normalized_mse": ev.normalized_mse, "fvu": ev.fvu,
+            "explained_variance": ev.explained_variance, "ce_loss_recovered": ev.ce_loss_recovered,
+            "ce_loss_with_sae": ev.ce_loss_with_sae, "kl_div": ev.kl_div_with_sae, "dead_fraction": ev.n_dead / ev.d_sae,
+            "train_seconds": run["train_seconds"],
+            "peak_memory_mib": step_memory_mib(cfg, spec, acts) if spec.role == "target" and spec.seed == cfg.seeds[0] else None,
+            "curve": [dataclasses.asdict(m) for m in run["history"]], "heldout_curve": run["heldout_curve"],
+            "eval": {"ce_loss_clean": ev.ce_loss_clean, "ce_loss_zero_ablation": ev.ce_loss_zero_ablation},
+        })
+    return records
+
+
+def capture(cfg: ComparisonConfig, model: Any, split: str = "train", tokens: int | None = None) -> torch.Tensor:
+    """Activations of ``split`` (captured once into the cache, resumed if a capture was killed)."""
+    tokens = tokens or cfg.tokens
+    cache_dir = Path(cfg.cache_dir or Path(cfg.out) / "cache") / ("" if split == "train" else f"{split}-{tokens}")
+    capture_activations(
+        CaptureConfig(output_dir=str(cache_dir), model_name=cfg.model, hook_names=[cfg.hook_name], dataset_split=split,
+                      context_size=cfg.context_size, skip_bos_activations=True, total_tokens=tokens,
+                      tokens_per_shard=min(tokens, 1 << 16), device=cfg.device, progress=False),
+        model=model,
+    )
+    return open_cache(cache_dir, hook_name=cfg.hook_name).load_all(cfg.hook_name)
+
+
+def _resumable(path: Path, cfg: ComparisonConfig, build: Any) -> tuple[Any, float]:
+    """``build()``'s result and the seconds it took, kept at ``path`` and reused by a later run of the
+    same configuration (so a killed run loses at most the pass it was in)."""
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUME_IGNORES}
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["config"] == key:
+            return saved["value"], saved["seconds"]
+    start = time.perf_counter()
+    value = build()
+    seconds = time.perf_counter() - start
+    write_json_atomic(path, {"config": key, "value": value, "seconds": seconds})
+    return value, seconds
+
+
 def run_comparison(cfg: ComparisonConfig) -> dict[str, Any]:
-    """Capture, train every run in one pass, evaluate; returns the JSON-able results."""
+    """Capture, search the coefficients, train and evaluate every seed's pass; returns the JSON-able results."""
     start = time.perf_counter()
     model = load_model(cfg.model, device=cfg.device)
     acts = capture(cfg, model)
     scale = unit_energy_scale(acts)
     acts = acts * scale
-    batch_tokens = cfg.batch_size * (cfg.context_size - 1)
-    steps = max(1, cfg.epochs * acts.shape[0] // batch_tokens)
-    upstream = SingleHookSource(TensorActivationSource(acts, seed=cfg.seed))
-    runs = sweep(cfg)
-    configs = {name: train_config(cfg, arch, setting, steps) for name, (arch, setting) in runs.items()}
-    trainers = {name: Trainer(c, BroadcastSource(acts.shape[1], upstream)) for name, c in configs.items()}
-    trained = MultiTrainer(trainers, upstream, dict.fromkeys(trainers, upstream.hook)).train(steps)
-
+    heldout = capture(cfg, model, "validation", cfg.heldout_tokens) * scale
+    steps = max(1, cfg.epochs * acts.shape[0] // cfg.batch_tokens)
+    partial = Path(cfg.out) / "partial"
+    search, search_seconds = _resumable(partial / "search.json", cfg, lambda: search_coefficients(cfg, acts, steps))
+    seconds = {"search": search_seconds}
     tokens = load_eval_tokens(model, context_size=cfg.context_size, n_rows=cfg.eval_batches * cfg.batch_size)
-    results = []
-    for name, (arch, setting) in runs.items():
-        sae = inference_sae(trainers[name], Path(cfg.out) / "saes" / name, scale, cfg.hook_name)
-        evaluation = evaluate_sae(model, sae, tokens, cfg.hook_name, batch_size=cfg.batch_size)
-        results.append({
-            "run": name, "architecture": arch, **setting,
-            "l0": evaluation.l0_mean, "normalized_mse": evaluation.normalized_mse, "fvu": evaluation.fvu,
-            "explained_variance": evaluation.explained_variance, "ce_loss_recovered": evaluation.ce_loss_recovered,
-            "ce_loss_with_sae": evaluation.ce_loss_with_sae, "kl_div": evaluation.kl_div_with_sae,
-            "dead_fraction": evaluation.n_dead / evaluation.d_sae,
-            "train_seconds": trained.train_seconds[name], "peak_memory_mib": step_memory_mib(configs[name], acts),
-            "curve": [dataclasses.asdict(m) for m in trained.history[name]],
-            "feature_density": evaluation.feature_density,
-        })
-    clean = {"ce_loss_clean": evaluation.ce_loss_clean, "ce_loss_zero_ablation": evaluation.ce_loss_zero_ablation}
+    context = {"model": model, "tokens": tokens, "scale": scale}
+    runs: list[dict[str, Any]] = []
+    for seed in cfg.seeds:
+        specs = run_specs(cfg, seed, search["coefficients"])
+
+        def one_pass(specs: list[RunSpec] = specs, seed: int = seed) -> list[dict[str, Any]]:
+            logger.info("seed %d: training %d SAEs for %d steps", seed, len(specs), steps)
+            return evaluate_pass(cfg, specs, train_pass(cfg, specs, acts, seed, steps, heldout), context, acts)
+
+        records, seconds[f"seed-{seed}"] = _resumable(partial / f"seed-{seed}.json", cfg, one_pass)
+        runs += records
     return {
         "config": dataclasses.asdict(cfg), "hook_name": cfg.hook_name, "target_l0": cfg.target_l0,
-        "steps": steps, "train_tokens": steps * batch_tokens, "activation_scale": scale,
-        "device_name": device_name(cfg.device), "versions": versions(), "eval": clean,
-        "eval_tokens": int(tokens.numel()), "data_seconds": trained.data_seconds,
-        "wall_seconds": time.perf_counter() - start, "runs": results,
-        "table": comparison_table(results, cfg.target_l0),
+        "steps": steps, "train_tokens": steps * cfg.batch_tokens, "activation_scale": scale,
+        "device_name": device_name(cfg.device), "versions": versions(), "eval": runs[0]["eval"],
+        "eval_tokens": int(tokens.numel()), "search": search,
+        "seconds": seconds, "compute_seconds": sum(seconds.values()), "wall_seconds": time.perf_counter() - start,
+        "runs": runs, "table": comparison_table(runs, cfg.target_l0, cfg.tolerance),
     }
-
-
-def comparison_table(results: list[dict[str, Any]], target_l0: float) -> list[dict[str, Any]]:
-    """Per architecture, the run whose L0 is closest to ``target_l0`` (in log space), with time/memory relative
-    to K-sparse. Runs that collapsed (FVU >= 1: no better than predicting the mean) are not candidates
-    unless an architecture has nothing else."""
-
-    def distance(row: dict[str, Any]) -> tuple[bool, float]:
-        return row["fvu"] >= 1.0, abs(math.log(max(row["l0"], 1e-9) / target_l0))
-
-    picks: dict[str, dict[str, Any]] = {}
-    for row in results:
-        best = picks.get(row["architecture"])
-        if best is None or distance(row) < distance(best):
-            picks[row["architecture"]] = row
-    reference = picks.get(REFERENCE)
-    table = []
-    for arch, row in picks.items():
-        entry = {key: value for key, value in row.items() if key not in ("curve", "feature_density")}
-        if reference is not None:
-            entry["time_vs_ksparse"] = row["train_seconds"] / reference["train_seconds"]
-            entry["memory_vs_ksparse"] = (
-                row["peak_memory_mib"] / reference["peak_memory_mib"] if reference["peak_memory_mib"] > 0 else None
-            )
-        table.append(entry)
-    return table
 
 
 def write_results(results: dict[str, Any], out: Path) -> None:

@@ -11,62 +11,87 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
-ARCHITECTURE_LABELS = {"vanilla": "vanilla (L1)", "gated": "gated", "ksparse": "K-sparse (TopK)", "hybrid": "hybrid"}
+ARCHITECTURE_LABELS = {
+    "vanilla": "vanilla (L1)", "gated": "gated", "jumprelu": "JumpReLU", "ksparse": "TopK (SAELens defaults)",
+    "ksparse-matched": "TopK (hybrid's init)", "batchtopk": "BatchTopK", "hybrid": "hybrid (fixed k)",
+    "hybrid-adaptive": "hybrid (target_l0, k = 2 x target)",
+}
 TABLE_COLUMNS = (
-    ("architecture", "SAE", "{}"), ("setting", "setting", "{}"), ("l0", "L0", "{:.1f}"),
-    ("normalized_mse", "norm. MSE", "{:.4f}"), ("fvu", "FVU", "{:.4f}"), ("ce_loss_recovered", "CE recovered", "{:.4f}"),
-    ("kl_div", "KL", "{:.4f}"), ("dead_fraction", "dead %", "{:.1%}"), ("train_seconds", "train s", "{:.1f}"),
-    ("peak_memory_mib", "peak MiB", "{:.1f}"), ("time_vs_ksparse", "time vs K-sparse", "{:.2f}"),
-    ("memory_vs_ksparse", "memory vs K-sparse", "{:.2f}"),
+    ("l0", "L0", "{:.1f}"), ("l0_std", "L0 per-token std", "{:.1f}"), ("fvu", "FVU", "{:.4f}"),
+    ("normalized_mse", "norm. MSE", "{:.4f}"), ("ce_loss_recovered", "CE recovered", "{:.4f}"), ("kl_div", "KL", "{:.4f}"),
+    ("dead_fraction", "dead", "{:.1%}"), ("heldout_fvu", "held-out FVU, training forward", "{:.4f}"),
+    ("heldout_l0", "its L0", "{:.1f}"), ("flattening", "FVU gain, last doubling", "{:.1%}"),
+    ("time_vs_ksparse", "time vs TopK", "{:.2f}"),
 )
 
 
-def _setting(row: dict[str, Any]) -> str:
-    return f"k={row['k']}" if "k" in row else f"l1={row['l1_coefficient']:g}"
+def label(arch: str) -> str:
+    return ARCHITECTURE_LABELS.get(arch, arch)
+
+
+def _cell(cell: dict[str, Any] | None, fmt: str) -> str:
+    if cell is None:
+        return "-"
+    text = fmt.format(cell["mean"])
+    if cell["ci95"] is not None:
+        text += " ± " + fmt.format(cell["ci95"]).lstrip()
+    return text
+
+
+def _settings(settings: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3g}" for k, v in settings.items())
 
 
 def comparison_markdown(results: dict[str, Any]) -> str:
-    cfg = results["config"]
+    cfg, table = results["config"], results["table"]
+    seeds = ", ".join(map(str, cfg["seeds"]))
     lines = [
-        f"# SAE comparison: {cfg['model']} `{results['hook_name']}`",
+        f"# SAE comparison at L0 = {results['target_l0']}: {cfg['model']} `{results['hook_name']}`",
         "",
-        f"d_sae={cfg['n_features']}, {results['train_tokens']:,} training tokens ({cfg['epochs']} epochs over "
-        f"{cfg['tokens']:,} captured), batch {cfg['batch_size']} x {cfg['context_size'] - 1} tokens, lr {cfg['lr']}, "
-        f"seed {cfg['seed']}; device `{results['device_name']}`; {results['versions']}.",
+        f"d_sae={cfg['n_features']}, {results['train_tokens']:,} training tokens per SAE ({cfg['epochs']} epochs over "
+        f"{cfg['tokens']:,} captured), batch {cfg['batch_size']} x {cfg['context_size'] - 1} tokens, lr {cfg['lr']} "
+        f"(warmup 5%, linear decay over the last 20%), seeds {seeds}; device `{results['device_name']}`; "
+        f"{results['versions']}; {results['compute_seconds'] / 60:.1f} min of compute.",
         f"Splice evaluation on {results['eval_tokens']:,} held-out tokens: CE clean {results['eval']['ce_loss_clean']:.4f}, "
         f"zero-ablation {results['eval']['ce_loss_zero_ablation']:.4f}.",
         "",
-        f"Sparsity matching: each architecture's knob is swept (k for K-sparse and hybrid, the L1 coefficient for "
-        f"vanilla and gated); the table shows, per architecture, the setting whose L0 is closest to {results['target_l0']} "
-        "(in log space, among runs with FVU < 1: a run no better than predicting the mean has collapsed). "
-        "The frontier figures show every setting. Training time is each SAE's own step time within the shared pass; "
-        "peak memory is measured for each SAE alone (build + 3 steps; CUDA allocator or CPU RSS).",
+        "How sparsity was matched: TopK, BatchTopK and the fixed-k hybrid use k = target; the adaptive hybrid uses "
+        "`target_l0` = target with k = 2 x target as its per-token cap; vanilla, gated and JumpReLU get their loss "
+        f"coefficient by bisection on its logarithm with probes of {results['search']['probe_steps']} steps (seed "
+        f"{cfg['seeds'][0]}'s data), until the probe's L0 is within {cfg['tolerance']:.0%} of the target. A run whose "
+        "held-out L0 is not exactly the target has FVU, norm. MSE, CE recovered and KL moved to the target "
+        "along its architecture's frontier (first seed, piecewise linear in log-L0, never extrapolated); the method "
+        "column says which; L0 and the other columns are as measured. "
+        "Every cell: mean ± 95% Student-t interval over seeds. Every run's full config is in `comparison.json` (`runs[*].config`). "
+        "L0 to KL are the splice evaluation of the saved inference SAE; 'held-out FVU, training forward' is the training "
+        "SAE's own forward on held-out activations (for BatchTopK: batch-level top-k, before SAELens replaces it by a "
+        "per-token threshold); 'FVU gain, last doubling' is its relative improvement from T/2 to T tokens "
+        "(flattened: < 5%).",
         "",
-        "| " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |",
-        "|" + "---|" * len(TABLE_COLUMNS),
+        "| SAE | setting | how matched | " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |",
+        "|" + "---|" * (len(TABLE_COLUMNS) + 3),
     ]
-    for row in results["table"]:
-        cells = []
-        for key, _, fmt in TABLE_COLUMNS:
-            value = _setting(row) if key == "setting" else row.get(key)
-            if key == "architecture":
-                value = ARCHITECTURE_LABELS.get(value, value)
-            cells.append("-" if value is None else fmt.format(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## All runs", "", "| run | L0 | FVU | CE recovered | KL | dead % |", "|---|---|---|---|---|---|"]
-    lines += [
-        f"| {r['run']} | {r['l0']:.1f} | {r['fvu']:.4f} | {r['ce_loss_recovered']:.4f} | {r['kl_div']:.4f} | "
-        f"{r['dead_fraction']:.1%} |"
-        for r in sorted(results["runs"], key=lambda r: (r["architecture"], r["l0"]))
-    ]
+    for row in table["rows"]:
+        cells = [_cell(row.get(key), fmt) for key, _, fmt in TABLE_COLUMNS]
+        lines.append(f"| {label(row['architecture'])} | {_settings(row['settings'])} | {row['method']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Head to head (paired by seed, at the target L0; pairs not both at the target are left out)", "",
+              "| hybrid | vs | metric | difference | relative | verdict |", "|---|---|---|---|---|---|"]
+    for h in table["head_to_head"]:
+        ci = "" if h["ci95"] is None else f" ± {h['ci95']:.4f}"
+        lines.append(f"| {label(h['challenger'])} | {label(h['opponent'])} | {h['metric']} | {h['diff']:+.4f}{ci} | "
+                     f"{h['relative']:+.1%} | {h['verdict']} |")
+    lines += ["", "## Per-token L0 of the first seed (held-out tokens)", "", "| SAE | mean | std | min | p5 | p95 | max |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {label(r['architecture'])} | {s['mean']:.1f} | {s['std']:.1f} | {s['min']} | {s['p5']} | {s['p95']} | {s['max']} |"
+              for r in table["rows"] for s in [r["l0_spread"]]]
+    lines += ["", "## Coefficient search", "", "| SAE | probes (coefficient -> L0) | chosen |", "|---|---|---|"]
+    for arch, probes in results["search"]["probes"].items():
+        trail = ", ".join(f"{p['coefficient']:.3g} -> {p['l0']:.1f}" for p in probes)
+        lines.append(f"| {label(arch)} | {trail} | {results['search']['coefficients'][arch]:.3g} |")
+    lines += ["", "## All runs", "", "| run | role | L0 | FVU | CE recovered | KL | dead |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['role']} | {r['l0']:.1f} | {r['fvu']:.4f} | {r['ce_loss_recovered']:.4f} | "
+              f"{r['kl_div']:.4f} | {r['dead_fraction']:.1%} |" for r in results["runs"]]
     return "\n".join(lines) + "\n"
-
-
-def _by_architecture(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    for row in runs:
-        grouped.setdefault(row["architecture"], []).append(row)
-    return {arch: sorted(rows, key=lambda r: r["l0"]) for arch, rows in grouped.items()}
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> None:
@@ -76,38 +101,49 @@ def _save(fig: plt.Figure, out: Path, name: str) -> None:
     plt.close(fig)
 
 
-def plot_frontier(results: dict[str, Any], metric: str, label: str, out: Path, name: str) -> None:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for arch, rows in _by_architecture(results["runs"]).items():
-        ax.plot([r["l0"] for r in rows], [r[metric] for r in rows], marker="o", label=ARCHITECTURE_LABELS.get(arch, arch))
+def plot_frontier(results: dict[str, Any], metric: str, ylabel: str, out: Path, name: str) -> None:
+    """First-seed frontier per architecture, and the seed mean ± interval at the target."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    first = results["config"]["seeds"][0]
+    rows = {r["architecture"]: r for r in results["table"]["rows"]}
+    for arch, row in rows.items():
+        points = sorted((r["l0"], r[metric]) for r in results["runs"] if r["architecture"] == arch and r["seed"] == first)
+        (line,) = ax.plot(*zip(*points), marker="o", alpha=0.6, label=label(arch))
+        cell = row[metric]
+        ax.errorbar([results["target_l0"] if row["matched"] else row["l0"]["mean"]], [cell["mean"]], yerr=[[cell["ci95"] or 0]], color=line.get_color(),
+                    marker="*", markersize=11, capsize=3)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("L0 (mean active latents per token)")
-    ax.set_ylabel(label)
-    ax.set_title(f"Sparsity frontier at {results['hook_name']}", fontsize=10)
+    ax.set_xlabel("L0 (mean active latents per held-out token)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"Frontiers (seed {first}); stars: mean ± 95% CI over seeds at L0={results['target_l0']}\n"
+                 "(at their own L0 where the frontier does not reach the target)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     _save(fig, out, name)
 
 
 def plot_training_curves(results: dict[str, Any], out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    batch_tokens = results["train_tokens"] / results["steps"]
-    for row in results["table"]:
-        curve = next(r["curve"] for r in results["runs"] if r["run"] == row["run"])
-        ax.plot([m["step"] * batch_tokens for m in curve], [m["normalized_mse"] for m in curve],
-                label=f"{ARCHITECTURE_LABELS.get(row['architecture'], row['architecture'])} ({_setting(row)})")
+    """Held-out FVU against tokens for the target runs (mean over seeds)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for row in results["table"]["rows"]:
+        curves = [r["heldout_curve"] for r in results["runs"] if r["architecture"] == row["architecture"] and r["role"] == "target"]
+        tokens = [p["tokens"] for p in curves[0]]
+        mean = [sum(c[i]["fvu"] for c in curves) / len(curves) for i in range(len(tokens))]
+        ax.plot(tokens, mean, marker="o", label=label(row["architecture"]))
+    ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training tokens")
-    ax.set_ylabel("normalized MSE (training batch)")
-    ax.set_title("Training curves (table settings)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax.set_ylabel("held-out FVU (mean over seeds)")
+    ax.set_title("Training curves at the target L0", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     _save(fig, out, "training_curves")
 
 
 def plot_comparison(results: dict[str, Any], out: Path) -> None:
     plot_frontier(results, "fvu", "FVU (1 - explained variance)", out, "frontier_l0_fvu")
+    plot_frontier(results, "kl_div", "KL to the clean model", out, "frontier_l0_kl")
     plot_frontier(results, "ce_loss_recovered", "CE loss recovered", out, "frontier_l0_ce_recovered")
     plot_training_curves(results, out)

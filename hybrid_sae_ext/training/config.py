@@ -20,6 +20,8 @@ class TrainConfig:
     """Latents per token for k-sparse architectures (hybrid: the most that may fire)."""
     l1_coefficient: float | None = None
     """L1 sparsity penalty (vanilla, gated; for the hybrid it lets L0 adapt below k); None: the architecture's default."""
+    target_l0: float | None = None
+    """Hybrid only: mean latents per token the adaptive gate settles at (0 < target_l0 <= k; k stays the cap)."""
     lr: float = 4e-4
     """Peak Adam learning rate."""
     lr_warmup_steps: int = 50
@@ -66,6 +68,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
         if self.k > self.d_sae:
             raise ValueError(f"k must satisfy 1 <= k <= d_sae={self.d_sae}, got k={self.k}")
+        if self.target_l0 is not None:
+            if self.architecture != "hybrid":
+                raise ValueError(f"target_l0 is only supported by architecture='hybrid', got {self.architecture!r}")
+            if not 0 < self.target_l0 <= self.k:
+                raise ValueError(f"target_l0 must be in (0, k={self.k}], got target_l0={self.target_l0}")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(
                 f"grad_accum_steps={self.grad_accum_steps} must divide batch_size={self.batch_size}"

@@ -72,6 +72,8 @@ def build_training_sae(cfg: TrainConfig, d_in: int) -> TrainingSAE[Any]:
         kwargs["k"] = cfg.k
     if "l1_coefficient" in names and cfg.l1_coefficient is not None:
         kwargs["l1_coefficient"] = cfg.l1_coefficient
+    if cfg.target_l0 is not None:
+        kwargs["target_l0"] = cfg.target_l0
     torch.manual_seed(cfg.seed)
     return sae_cls(cfg_cls(**kwargs))
 

@@ -24,7 +24,7 @@ def _execute(name: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) ->
 def test_results_analysis_notebook(tiny_comparison: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch) -> None:
     out, _ = tiny_comparison
     notebook = _execute("results_analysis.ipynb", {"HYBRID_SAE_RESULTS": str(out), "HYBRID_SAE_FIGURES": str(tmp_path)}, monkeypatch)
-    assert (tmp_path / "feature_density.png").stat().st_size > 10_000
+    assert (tmp_path / "l0_per_token.png").stat().st_size > 10_000
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert os.path.exists(tmp_path / "frontier_l0_kl.png")
@@ -35,5 +35,5 @@ def test_paper_figures_notebook(tiny_comparison: tuple[Path, dict[str, Any]], ti
     out, _ = tiny_comparison
     env = {"HYBRID_SAE_RESULTS": str(out), "HYBRID_SAE_SCALING": str(tiny_scaling), "HYBRID_SAE_FIGURES": str(tmp_path)}
     _execute("paper_figures.ipynb", env, monkeypatch)
-    for name in ("fig1_frontiers", "fig2_cost", "fig3_scaling_features", "fig4_scaling_tokens"):
+    for name in ("fig1_frontiers", "fig2_cost", "fig3_scaling_features", "fig4_scaling_tokens", "fig5_at_target"):
         assert (tmp_path / f"{name}.pdf").exists() and (tmp_path / f"{name}.png").stat().st_size > 10_000
