@@ -14,13 +14,13 @@ decoder (so the gate threshold learns), an optional L1 on the gate, and AuxK for
 
 Dead latents: AuxK takes, per token, the top-``k_aux`` dead latents by ``pre`` (not ``pi_gate``,
 so a latent shut by a very negative ``b_gate`` is still found) and trains their encoder and decoder
-on the detached residual ``r = x - x_hat``. The gated auxiliary loss also reaches them: it adds
-``|| sum_dead (sg(pre_i) + b_gate_i) sg(d_i) - r ||^2``, the residual rebuilt through their gates
-without the ``relu``. Why: a closed gate (``pi_gate <= 0``) gets no gradient from any other term, so
-a latent shut by a very negative ``b_gate`` would stay shut for ever; this term pulls its ``b_gate``
-to where ``pi_gate`` explains the residual, which reopens latents whose direction is useful. Only
-``b_gate`` learns from it. Under Adam a bias moves about ``lr`` per step, so climbing from
-``b_gate = -100`` takes about ``100 / lr`` steps; under SGD the pull grows with the distance.
+on the detached residual ``r = x - x_hat``. The gated auxiliary loss also reaches their gates: it
+adds ``sum_dead (sg(pre_i) + b_gate_i - r . sg(d_i))^2``, so each dead latent's ``pi_gate`` learns
+the residual's component along its own decoder row (positive where the latent would help). Why: a
+closed gate (``pi_gate <= 0``) gets no gradient from any other term, so a latent shut by a very
+negative ``b_gate`` would stay shut for ever. Only ``b_gate`` learns from this term, and each gate
+only from its own error (no cross terms, so one far-off gate cannot swing the others). Under Adam
+a bias moves about ``lr`` per step: climbing from ``b_gate = -100`` takes about ``100 / lr`` steps.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from sae_lens.saes.sae import (
 )
 
 from hybrid_sae_ext.kernels import KERNEL_BACKENDS, TopKSelection, get_kernels
-from hybrid_sae_ext.kernels.sparse_ops import select_topk
+from hybrid_sae_ext.kernels.sparse_ops import gathered_dot, select_topk
 
 # Normalizations applied inside the SAE's forward would put the AuxK residual and the MSE target
 # in different spaces; "expected_average_only_in" is applied by the data pipeline, so it is safe.
@@ -365,8 +365,8 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
             scale = min(n_dead / self.cfg.effective_k_aux, 1.0)
             aux_k = self.cfg.aux_k_coefficient * scale * (aux_recon - residual).pow(2).sum(-1).mean()
             dead_gate = aux.values.detach() + self.b_gate[aux.indices]
-            via_dead_gate = kernels.decode(dead_gate, aux.indices, rows.detach())
-            gate_aux = gate_aux + self.cfg.gate_aux_coefficient * (via_dead_gate - residual).pow(2).sum(-1).mean()
+            along_row = gathered_dot(residual, rows.detach(), aux.indices)
+            gate_aux = gate_aux + self.cfg.gate_aux_coefficient * (dead_gate - along_row).pow(2).sum(-1).mean()
 
         losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k)
         return HybridTrainOutput(losses, sae_out, SparseCodes(values, sel.indices))

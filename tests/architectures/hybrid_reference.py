@@ -89,9 +89,8 @@ def reference_forward(
         residual = (x - sae_out).detach()
         aux_recon = torch.where(chosen, pre, torch.zeros_like(pre)) @ decoder
         aux_k = aux_k_coefficient * min(n_dead / k_aux, 1.0) * ((aux_recon - residual) ** 2).sum(-1).mean()
-        dead_gate = torch.where(chosen, pre.detach() + p["b_gate"], torch.zeros_like(pre))
-        via_dead_gate = dead_gate @ decoder.detach()
-        gate_aux = gate_aux + gate_aux_coefficient * ((via_dead_gate - residual) ** 2).sum(-1).mean()
+        gate_error = pre.detach() + p["b_gate"] - residual @ decoder.detach().T
+        gate_aux = gate_aux + gate_aux_coefficient * torch.where(chosen, gate_error**2, 0.0).sum(-1).mean()
     return ReferenceOutput(mse, gate_aux, l1, aux_k, sae_out, codes, candidates, pi_gate)
 
 
