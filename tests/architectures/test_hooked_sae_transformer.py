@@ -29,7 +29,11 @@ def _model() -> HookedSAETransformer:
 def _sae() -> HybridSAE:
     cfg = HybridSAEConfig(d_in=32, d_sae=128, k=8)
     cfg.metadata.hook_name = HOOK
-    return HybridSAE(cfg)
+    sae = HybridSAE(cfg)
+    with torch.no_grad():  # away from the zero init, so a splice that drops any parameter shows
+        for param in (sae.b_dec, sae.b_gate, sae.r_mag, sae.b_mag):
+            param.normal_(0.0, 0.2)
+    return sae
 
 
 def test_run_with_saes_add_sae_reset_saes() -> None:
