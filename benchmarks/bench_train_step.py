@@ -1,28 +1,33 @@
 """Train-step and inference benchmark: HybridSAE against SAELens' SAEs and sparsify, side by side.
 
-Why: the hybrid's sparse kernels should make a gated + top-k SAE train about as fast and lean as
-SAELens' ``topk``. All SAEs run in ONE process on the SAME seeded activations (~k/2 of 4*d_in
-directions per token + a rank-8 part + noise, E||x||^2 = d_in) for the SAME number of Adam steps,
-each stepped like its own trainer does it: SAELens SAEs via ``training_forward_pass``, the hybrid
-via its sparse ``hybrid_forward`` (what ``hybrid_sae_ext.training.Trainer`` calls), all with the
-dead-latent mask and grad clipping at 1.0; sparsify with
-``fvu + auxk_alpha * auxk_loss``, parallel-gradient removal and decoder renormalisation (and, on
-CUDA, its own bf16 autocast). Reported: tokens/s, ms/step, peak memory (CUDA allocator, or CPU RSS
-sampled in a thread; both minus the level before the SAE was built), and held-out L0 and NMSE.
-L1-style SAEs use fixed coefficients (below), so their L0 is not matched to k: short runs measure
-speed and memory; L0/NMSE only show that training works.
+All SAEs run in ONE process on the SAME seeded activations (~k/2 of 4*d_in directions per token +
+a rank-8 part + noise, E||x||^2 = d_in) for the SAME number of Adam steps, each stepped like its
+own trainer does it: SAELens SAEs via ``training_forward_pass``, the hybrid via its sparse
+``hybrid_forward`` (what ``hybrid_sae_ext.training.Trainer`` calls), sparsify with
+``fvu + auxk_alpha * auxk_loss``, parallel-gradient removal and decoder renormalisation; all with
+grad clipping at 1.0 and the Adam of ``hybrid_sae_ext.training.optimizer.make_adam``.
 
-    python benchmarks/bench_train_step.py --steps 20 --only hybrid,topk
+Every peer runs in fp32 and under bf16 autocast (``<label>@bf16-autocast``); the hybrid runs in its
+default settings (``hybrid``: ``selection_dtype="auto"``) and with each selection dtype. Each SAE is
+timed twice: ``steps`` steps with no dead latents, then ``steps`` steps with half of the latents
+marked dead (AuxK active). Reported: median ms/step with min and max, tokens/s from the same
+median, peak memory (CUDA allocator; on CPU the process RSS, indicative only), and held-out FVU
+and L0 after all timed steps, with ratios to the fastest peer, to sparsify (the faster of its two
+precisions) and to SAELens ``topk``. L1-style SAEs use fixed coefficients, so their L0 is not
+matched to k: their FVU only shows that training works.
+
+    python benchmarks/bench_train_step.py --steps 20 --only hybrid,topk,sparsify
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,22 +42,32 @@ from torch import Tensor, nn
 from hybrid_sae_ext import HybridSAE, HybridSAEConfig, HybridTrainingSAE, register_architectures
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
 from hybrid_sae_ext.measure import device_name, peak_memory, timed, versions
+from hybrid_sae_ext.training.optimizer import make_adam
 
 L1_COEFFICIENT = 5.0  # standard & gated: SAELens' usual range for inputs with E||x||^2 = d_in
 JUMPRELU_L0_COEFFICIENT = 1.0  # one firing latent costs as much as 1/d_in of the input's energy
 AUXK_ALPHA = 1 / 32  # sparsify's AuxK weight: the hybrid's default aux_k_coefficient
-REFERENCE = "topk"
-SAELENS_SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
-    "hybrid": ("hybrid", {"kernel_backend": "sparse"}),
-    "hybrid-dense-reference": ("hybrid", {"kernel_backend": "dense"}),
-    "standard": ("standard", {"l1_coefficient": L1_COEFFICIENT}),
-    "gated": ("gated", {"l1_coefficient": L1_COEFFICIENT}),
-    "topk": ("topk", {}),
-    "batchtopk": ("batchtopk", {}),
-    "jumprelu": ("jumprelu", {"l0_coefficient": JUMPRELU_L0_COEFFICIENT}),
+DEAD_FRACTION = 0.5  # latents marked dead in the AuxK-active timing
+AUTOCAST = "@bf16-autocast"
+HYBRIDS: dict[str, dict[str, Any]] = {
+    "hybrid": {},
+    "hybrid@sel-float32": {"selection_dtype": "float32"},
+    "hybrid@sel-bfloat16": {"selection_dtype": "bfloat16"},
+    "hybrid-dense-reference": {"kernel_backend": "dense", "selection_dtype": "float32"},
+}
+SAELENS_PEERS: dict[str, dict[str, Any]] = {
+    "standard": {"l1_coefficient": L1_COEFFICIENT},
+    "gated": {"l1_coefficient": L1_COEFFICIENT},
+    "topk": {},
+    "batchtopk": {},
+    "jumprelu": {"l0_coefficient": JUMPRELU_L0_COEFFICIENT},
 }
 K_BASED = {"hybrid", "topk", "batchtopk"}
-ALL_LABELS = (*SAELENS_SETUPS, "sparsify")
+PEERS = (*SAELENS_PEERS, "sparsify")
+PEER_LABELS = tuple(f"{p}{suffix}" for p in PEERS for suffix in ("", AUTOCAST))
+ALL_LABELS = (*HYBRIDS, *PEER_LABELS)
+DEFAULT_LABELS = tuple(label for label in ALL_LABELS if label != "hybrid-dense-reference")
+REFERENCE = "topk"
 
 
 @dataclass
@@ -64,44 +79,68 @@ class BenchConfig:
     k: int = 32
     batch: int = 1024
     steps: int = 10
+    """Timed steps in each of the two timings (no dead latents / AuxK active)."""
     warmup: int = 2
     lr: float = 4e-4
     dtype: Literal["float32", "bfloat16"] = "float32"
+    """Storage dtype of every SAE and of the activations."""
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
-    only: str = ""  # comma list of labels; empty = all
+    only: str = ""
+    """Comma list of labels (see ALL_LABELS); empty: all but hybrid-dense-reference."""
     out: str = "benchmarks/results"
-    inference_batch: int = 8192  # 0 skips the inference section
+    inference_batch: int = 8192
+    """0 skips the inference section."""
     inference_reps: int = 3
-    dead_window: int = 1000  # steps without firing before a latent is dead (SAELens' default)
     seed: int = 0
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    min_ms: float
+    max_ms: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Timing:
+        ms = [1e3 * s for s in seconds]
+        return cls(statistics.median(ms), min(ms), max(ms))
 
 
 @dataclass
 class TrainResult:
     label: str
+    step: Timing
+    """No dead latents."""
+    step_auxk: Timing
+    """Half of the latents dead: AuxK (or the peer's dead-latent loss) active."""
     tokens_per_s: float
-    ms_per_step: float
+    """From ``step.median_ms``."""
     peak_mem_mib: float
     l0: float
-    nmse: float
-    tokens_per_s_vs_topk: float | None = None
+    fvu: float
+    vs_fastest_peer: float | None = None
+    vs_sparsify: float | None = None
+    vs_topk: float | None = None
     mem_vs_topk: float | None = None
 
 
 @dataclass
 class InferenceResult:
     label: str
+    batch: Timing
     tokens_per_s: float
-    ms_per_batch: float
-    tokens_per_s_vs_topk: float | None = None
+    """From ``batch.median_ms``."""
+    vs_sparsify: float | None = None
+    vs_topk: float | None = None
 
 
 @dataclass
 class Contender:
-    """An SAE ready to train: ``step(x)`` is one optimiser step; ``evaluate(x)`` -> (L0, x_hat)."""
+    """An SAE ready to train: ``step(x, dead)`` is one optimiser step; ``evaluate(x)`` -> (L0, x_hat)."""
 
-    step: Callable[[Tensor], None]
+    step: Callable[[Tensor, Tensor], None]
     evaluate: Callable[[Tensor], tuple[float, Tensor]]
+    module: nn.Module | None = None
 
 
 def make_data(cfg: BenchConfig, rows: int, part: int) -> Tensor:
@@ -120,102 +159,112 @@ def make_data(cfg: BenchConfig, rows: int, part: int) -> Tensor:
     return x.to(cfg.device, getattr(torch, cfg.dtype))
 
 
-def make_adam(params: Sequence[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # fused unsupported on this device / dtype
-        return torch.optim.Adam(params, lr=lr, foreach=True)
+def _autocast(label: str, device: str) -> contextlib.AbstractContextManager[Any]:
+    if label.endswith(AUTOCAST):
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _finish_step(params: Sequence[nn.Parameter], opt: torch.optim.Optimizer) -> None:
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def saelens_contender(label: str, cfg: BenchConfig) -> Contender:
     """A SAELens TrainingSAE (the ``hybrid`` plug-in included) stepped like SAELens' trainer."""
-    arch, extra = SAELENS_SETUPS[label]
+    arch = "hybrid" if label in HYBRIDS else label.removesuffix(AUTOCAST)
+    extra = HYBRIDS[label] if label in HYBRIDS else SAELENS_PEERS[arch]
     sae_cls, cfg_cls = get_sae_training_class(arch)
     extra = {**extra, "k": cfg.k} if arch in K_BASED else extra
-    sae_cfg = cfg_cls(d_in=cfg.d_in, d_sae=cfg.d_sae, dtype=cfg.dtype, device=cfg.device, **extra)
-    sae = sae_cls(sae_cfg)
-    opt = make_adam(list(sae.parameters()), cfg.lr)
+    sae = sae_cls(cfg_cls(d_in=cfg.d_in, d_sae=cfg.d_sae, dtype=cfg.dtype, device=cfg.device, **extra))
+    params = list(sae.parameters())
+    opt = make_adam(params, cfg.lr)
     coefficients = {
         name: c.value if isinstance(c, TrainCoefficientConfig) else float(c)
         for name, c in sae.get_coefficients().items()
     }
-    since_fired = torch.zeros(cfg.d_sae, device=cfg.device)
     n_steps = [0]
 
-    def step(x: Tensor) -> None:
-        dead = since_fired > cfg.dead_window
-        if isinstance(sae, HybridTrainingSAE):  # the project's trainer takes the sparse step directly
-            out = sae.hybrid_forward(x, dead)
-            loss, fired = out.losses.total(), out.codes.indices[out.codes.values > 0]
-        else:
-            step_out = sae.training_forward_pass(TrainStepInput(
-                sae_in=x, coefficients=coefficients, dead_neuron_mask=dead,
-                n_training_steps=n_steps[0], is_logging_step=False,
-            ))
-            loss, fired = step_out.loss, step_out.feature_acts.bool().any(0)
-        with torch.no_grad():
-            since_fired.add_(1)[fired] = 0
+    def step(x: Tensor, dead: Tensor) -> None:
+        with _autocast(label, cfg.device):
+            if isinstance(sae, HybridTrainingSAE):  # the project's trainer takes the sparse step directly
+                loss = sae.hybrid_forward(x, dead).losses.total()
+            else:
+                loss = sae.training_forward_pass(TrainStepInput(
+                    sae_in=x, coefficients=coefficients, dead_neuron_mask=dead,
+                    n_training_steps=n_steps[0], is_logging_step=False,
+                )).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _finish_step(params, opt)
         n_steps[0] += 1
 
     def evaluate(x: Tensor) -> tuple[float, Tensor]:
         acts = sae.encode(x)
         return (acts != 0).sum(-1).float().mean().item(), sae.decode(acts)
 
-    return Contender(step, evaluate)
+    return Contender(step, evaluate, sae)
 
 
 def sparse_coder(cfg: BenchConfig) -> nn.Module:
+    if not cfg.device.startswith("cuda"):  # with Triton installed sparsify picks its CUDA-only decoder
+        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
     from sparsify import SparseCoder, SparseCoderConfig
 
     coder_cfg = SparseCoderConfig(num_latents=cfg.d_sae, k=cfg.k)
     return SparseCoder(cfg.d_in, coder_cfg, cfg.device, getattr(torch, cfg.dtype))
 
 
-def sparsify_contender(cfg: BenchConfig) -> Contender:
+def sparsify_contender(label: str, cfg: BenchConfig) -> Contender:
     """sparsify's SparseCoder stepped like sparsify's trainer (Adam instead of its Signum)."""
     coder = sparse_coder(cfg)
-    opt = make_adam(list(coder.parameters()), cfg.lr)
-    since_fired = torch.zeros(cfg.d_sae, device=cfg.device)
+    params = list(coder.parameters())
+    opt = make_adam(params, cfg.lr)
 
-    def step(x: Tensor) -> None:
-        out = coder(x, dead_mask=since_fired > cfg.dead_window)
-        since_fired.add_(1)[out.latent_indices.flatten()] = 0
+    def step(x: Tensor, dead: Tensor) -> None:
+        with _autocast(label, cfg.device):
+            out = coder(x, dead_mask=dead)
         (out.fvu + AUXK_ALPHA * out.auxk_loss).backward()
         coder.remove_gradient_parallel_to_decoder_directions()
-        torch.nn.utils.clip_grad_norm_(coder.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _finish_step(params, opt)
         coder.set_decoder_norm_to_unit_norm()
 
     def evaluate(x: Tensor) -> tuple[float, Tensor]:
         acts, indices, _ = coder.encode(x)
         return (acts != 0).sum(-1).float().mean().item(), coder.decode(acts, indices)
 
-    return Contender(step, evaluate)
+    return Contender(step, evaluate, coder)
 
 
 @torch.no_grad()
-def l0_and_nmse(contender: Contender, x: Tensor) -> tuple[float, float]:
+def l0_and_fvu(contender: Contender, x: Tensor) -> tuple[float, float]:
     l0, x_hat = contender.evaluate(x)
-    x32 = x.float()
-    return l0, ((x32 - x_hat.float()).pow(2).sum() / (x32 - x32.mean(0)).pow(2).sum()).item()
+    x64 = x.double()
+    return l0, ((x64 - x_hat.double()).pow(2).sum() / (x64 - x64.mean(0)).pow(2).sum()).item()
 
 
 def bench_train(label: str, cfg: BenchConfig, pool: Tensor, held_out: Tensor) -> TrainResult:
-    """Build one SAE, warm it up, time ``cfg.steps`` steps, then evaluate it on ``held_out``."""
+    """Build one SAE, warm it up, time ``steps`` steps without and ``steps`` with dead latents,
+    then evaluate it on ``held_out``."""
     batches = pool.split(cfg.batch)
+    no_dead = torch.zeros(cfg.d_sae, dtype=torch.bool, device=cfg.device)
+    half_dead = torch.rand(cfg.d_sae, generator=torch.Generator().manual_seed(cfg.seed)) < DEAD_FRACTION
+    half_dead = half_dead.to(cfg.device)
     with peak_memory(cfg.device) as peak_mib:
-        build = sparsify_contender if label == "sparsify" else partial(saelens_contender, label)
-        contender = build(cfg)
-        times = [timed(lambda: contender.step(batches[i % len(batches)]), cfg.device)
-                 for i in range(cfg.warmup + cfg.steps)][cfg.warmup:]
-    l0, nmse = l0_and_nmse(contender, held_out)
-    tokens_per_s = cfg.batch * len(times) / sum(times)
-    return TrainResult(label, tokens_per_s, 1e3 * statistics.median(times), peak_mib(), l0, nmse)
+        build = sparsify_contender if label.removesuffix(AUTOCAST) == "sparsify" else saelens_contender
+        contender = build(label, cfg)
+        counter = iter(range(10**9))
+
+        def run(dead: Tensor) -> float:
+            return timed(lambda: contender.step(batches[next(counter) % len(batches)], dead), cfg.device)
+
+        for _ in range(cfg.warmup):
+            run(half_dead)
+        plain = [run(no_dead) for _ in range(cfg.steps)]
+        auxk = [run(half_dead) for _ in range(cfg.steps)]
+    l0, fvu = l0_and_fvu(contender, held_out)
+    step = Timing.of(plain)
+    return TrainResult(label, step, Timing.of(auxk), 1e3 * cfg.batch / step.median_ms, peak_mib(), l0, fvu)
 
 
 def prime(labels: Sequence[str], cfg: BenchConfig) -> None:
@@ -228,7 +277,7 @@ def prime(labels: Sequence[str], cfg: BenchConfig) -> None:
 
 @torch.no_grad()
 def bench_inference(cfg: BenchConfig, labels: Sequence[str]) -> list[InferenceResult]:
-    """Encode + decode throughput (no grad) on one large batch: hybrid's sparse path vs ``topk``."""
+    """Encode + decode (no grad) of one large batch: the hybrid's sparse path, ``topk``, sparsify."""
     common = dict(d_in=cfg.d_in, d_sae=cfg.d_sae, k=cfg.k, dtype=cfg.dtype, device=cfg.device)
     runs: dict[str, Callable[[Tensor], Tensor]] = {}
     if "hybrid" in labels:
@@ -243,81 +292,111 @@ def bench_inference(cfg: BenchConfig, labels: Sequence[str]) -> list[InferenceRe
     results = []
     for label, run in runs.items():
         run(x)  # warm-up
-        times = [timed(lambda: run(x), cfg.device) for _ in range(cfg.inference_reps)]
-        tokens_per_s = cfg.inference_batch / statistics.mean(times)
-        results.append(InferenceResult(label, tokens_per_s, 1e3 * statistics.median(times)))
+        timing = Timing.of([timed(lambda: run(x), cfg.device) for _ in range(cfg.inference_reps)])
+        results.append(InferenceResult(label, timing, 1e3 * cfg.inference_batch / timing.median_ms))
     return results
 
 
+def _ratio(value: float, ref: float | None) -> float | None:
+    return value / ref if ref else None
+
+
 def add_ratios(train: list[TrainResult], inference: list[InferenceResult]) -> None:
-    """Fill the ``*_vs_topk`` fields (left None when ``topk`` was not run)."""
-    if ref := next((r for r in train if r.label == REFERENCE), None):
-        for r in train:
-            r.tokens_per_s_vs_topk = r.tokens_per_s / ref.tokens_per_s
-            r.mem_vs_topk = r.peak_mem_mib / ref.peak_mem_mib if ref.peak_mem_mib > 0 else None
-    if iref := next((r for r in inference if r.label == REFERENCE), None):
-        for r in inference:
-            r.tokens_per_s_vs_topk = r.tokens_per_s / iref.tokens_per_s
+    """Fill the ratio fields (None where the reference was not run)."""
+    tps = {r.label: r.tokens_per_s for r in train}
+    fastest_peer = max((tps[p] for p in PEER_LABELS if p in tps), default=None)
+    sparsify = max((tps[p] for p in ("sparsify", f"sparsify{AUTOCAST}") if p in tps), default=None)
+    topk = next((r for r in train if r.label == REFERENCE), None)
+    for r in train:
+        r.vs_fastest_peer = _ratio(r.tokens_per_s, fastest_peer)
+        r.vs_sparsify = _ratio(r.tokens_per_s, sparsify)
+        r.vs_topk = _ratio(r.tokens_per_s, topk.tokens_per_s if topk else None)
+        r.mem_vs_topk = _ratio(r.peak_mem_mib, topk.peak_mem_mib if topk and topk.peak_mem_mib > 0 else None)
+    itps = {r.label: r.tokens_per_s for r in inference}
+    for r in inference:
+        r.vs_sparsify = _ratio(r.tokens_per_s, itps.get("sparsify"))
+        r.vs_topk = _ratio(r.tokens_per_s, itps.get(REFERENCE))
 
 
-def markdown(
-    meta: dict[str, Any], train: list[TrainResult], inference: list[InferenceResult]
-) -> str:
+def _ms(t: Timing) -> str:
+    return f"{t.median_ms:.1f} ({t.min_ms:.1f}-{t.max_ms:.1f})"
+
+
+def markdown(meta: dict[str, Any], train: list[TrainResult], inference: list[InferenceResult]) -> str:
     c, fmt = meta["config"], lambda v: "-" if v is None else f"{v:.2f}"
+    memory = "peak RSS MiB (indicative)" if meta["memory_metric"].startswith("CPU") else "peak MiB"
     lines = [
         f"# SAE train-step benchmark on {meta['device_name']}", "",
-        f"d_in={c['d_in']} d_sae={c['d_sae']} k={c['k']} batch={c['batch']} steps={c['steps']} "
-        f"(+{c['warmup']} warm-up) dtype={c['dtype']} lr={c['lr']}; {meta['versions']}",
-        f"Memory: {meta['memory_metric']}. L0 and NMSE: held-out batch after training.", "",
-        "| SAE | tokens/s | ms/step | peak MiB | L0 | NMSE | tokens/s vs topk | mem vs topk |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"d_in={c['d_in']} d_sae={c['d_sae']} k={c['k']} batch={c['batch']} storage dtype={c['dtype']} "
+        f"lr={c['lr']}; {c['warmup']} warm-up steps, then {c['steps']} timed steps without dead latents and "
+        f"{c['steps']} with {DEAD_FRACTION:.0%} of the latents dead (AuxK active). {meta['versions']}",
+        f"Load: {meta['load']}. Memory: {meta['memory_metric']}.",
+        "ms/step: median (min-max); tokens/s from the median of the no-dead-latent steps. "
+        "L0 and FVU: held-out batch after all timed steps. Ratios are tokens/s ratios measured in this run.",
+        "", f"| SAE | ms/step | ms/step, AuxK active | tokens/s | {memory} | L0 | FVU | "
+        "vs fastest peer | vs sparsify | vs topk | mem vs topk |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r.label} | {r.tokens_per_s:,.0f} | {r.ms_per_step:.1f} | {r.peak_mem_mib:.1f} | "
-        f"{r.l0:.1f} | {r.nmse:.3f} | {fmt(r.tokens_per_s_vs_topk)} | {fmt(r.mem_vs_topk)} |"
+        f"| {r.label} | {_ms(r.step)} | {_ms(r.step_auxk)} | {r.tokens_per_s:,.0f} | {r.peak_mem_mib:.1f} | "
+        f"{r.l0:.1f} | {r.fvu:.3f} | {fmt(r.vs_fastest_peer)} | {fmt(r.vs_sparsify)} | {fmt(r.vs_topk)} | "
+        f"{fmt(r.mem_vs_topk)} |"
         for r in train
     ]
     if inference:
-        lines += ["", f"Inference: encode + decode, no grad, batch {c['inference_batch']}.", "",
-                  "| SAE | tokens/s | ms/batch | tokens/s vs topk |", "|---|---:|---:|---:|"]
-        lines += [f"| {r.label} | {r.tokens_per_s:,.0f} | {r.ms_per_batch:.1f} | "
-                  f"{fmt(r.tokens_per_s_vs_topk)} |" for r in inference]
+        lines += ["", f"Inference: encode + decode, no grad, batch {c['inference_batch']}, "
+                  f"{c['inference_reps']} repetitions.", "",
+                  "| SAE | ms/batch | tokens/s | vs sparsify | vs topk |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r.label} | {_ms(r.batch)} | {r.tokens_per_s:,.0f} | {fmt(r.vs_sparsify)} | "
+                  f"{fmt(r.vs_topk)} |" for r in inference]
     return "\n".join(lines) + "\n"
 
 
 def selected_labels(cfg: BenchConfig) -> list[str]:
-    labels = [s.strip() for s in cfg.only.split(",") if s.strip()] or list(ALL_LABELS)
+    labels = [s.strip() for s in cfg.only.split(",") if s.strip()] or list(DEFAULT_LABELS)
     if unknown := sorted(set(labels) - set(ALL_LABELS)):
         raise ValueError(f"unknown labels {unknown}; allowed: {', '.join(ALL_LABELS)}")
-    if "sparsify" in labels and importlib.util.find_spec("sparsify") is None:
+    if importlib.util.find_spec("sparsify") is None:
         print("note: sparsify is not importable; skipping it")
-        labels.remove("sparsify")
+        labels = [label for label in labels if label.removesuffix(AUTOCAST) != "sparsify"]
     return labels
 
 
+@contextlib.contextmanager
+def load_watch() -> Iterator[Callable[[], str]]:
+    """The 1-minute load average at start and end: other processes on the machine skew absolute times."""
+    start = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+    yield lambda: f"1-min load average {start} at start, " + (
+        Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+    ) + f" at end, on {torch.get_num_threads()} threads"
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Run the benchmark, print its tables, write ``<out>/<device>-d..-s..-k..-b...{json,md}``."""
+    """Run the benchmark, print its tables, write ``<out>/<device>-d..-s..-k..-b..[-bf16].{json,md}``."""
     cfg = simple_parsing.parse(
         BenchConfig, args=argv, add_option_string_dash_variants=simple_parsing.DashVariant.DASH
     )
     register_architectures()
     labels, start = selected_labels(cfg), time.perf_counter()
-    prime(labels, cfg)
-    pool = make_data(cfg, cfg.batch * min(cfg.warmup + cfg.steps, 32), part=0)
-    held_out = make_data(cfg, cfg.batch, part=1)
-    train = [bench_train(label, cfg, pool, held_out) for label in labels]
-    inference = bench_inference(cfg, labels) if cfg.inference_batch > 0 else []
+    with load_watch() as load:
+        prime(labels, cfg)
+        pool = make_data(cfg, cfg.batch * min(cfg.warmup + 2 * cfg.steps, 32), part=0)
+        held_out = make_data(cfg, cfg.batch, part=1)
+        train = [bench_train(label, cfg, pool, held_out) for label in labels]
+        inference = bench_inference(cfg, labels) if cfg.inference_batch > 0 else []
     add_ratios(train, inference)
-    cuda = cfg.device.startswith("cuda")
     meta = {
         "config": asdict(cfg),
         "device_name": device_name(cfg.device),
-        "memory_metric": "CUDA max_memory_allocated minus allocation before build" if cuda else
-        "CPU peak of RSS sampled every 2 ms minus RSS before build, over build + training",
+        "memory_metric": "CUDA max_memory_allocated minus allocation before build"
+        if cfg.device.startswith("cuda") else
+        "CPU peak RSS (sampled every 2 ms, minus RSS before build, over build + training); indicative only",
+        "load": load(),
         "versions": versions(),
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    stem = Path(cfg.out) / f"{meta['device_name']}-d{cfg.d_in}-s{cfg.d_sae}-k{cfg.k}-b{cfg.batch}"
+    suffix = "" if cfg.dtype == "float32" else f"-{cfg.dtype}"
+    stem = Path(cfg.out) / f"{meta['device_name']}-d{cfg.d_in}-s{cfg.d_sae}-k{cfg.k}-b{cfg.batch}{suffix}"
     text = markdown(meta, train, inference)
     print(text)
     write_text_atomic(f"{stem}.md", text)

@@ -31,9 +31,9 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; final files get the usual permissions
     try:
         yield tmp
+        set_default_mode(tmp)  # mkstemp and safetensors create 0600; final files get the usual permissions
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, final)
@@ -41,6 +41,11 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def set_default_mode(path: Path | str) -> None:
+    """Give a file the permissions ``open()`` would have (0666 less the umask), so others can read shared results."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -15,9 +15,13 @@ from typing import Any, TypeVar
 
 import torch
 from sae_lens import SAE
+from sae_lens.constants import SAE_CFG_FILENAME as SAE_CONFIG_FILE
+from sae_lens.constants import SAE_WEIGHTS_FILENAME as SAE_WEIGHTS_FILE
+from sae_lens.registry import SAE_CLASS_REGISTRY
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 from tokenizers import Tokenizer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from hybrid_sae_ext.io import atomic_path, write_json_atomic
@@ -32,8 +36,52 @@ END_OF_TEXT = "<|endoftext|>"
 ModelT = TypeVar("ModelT", bound=HookedTransformer)
 
 
+MODEL_DTYPES = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+}  # fmt: skip
+
+
 class ModelUnavailableError(RuntimeError):
     """The requested model cannot be loaded here (not embedded, not a local folder, hub unreachable)."""
+
+
+def model_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating torch dtype from its name (``float32``, ``float16``, ``bfloat16``, ``float64``)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in MODEL_DTYPES:
+        raise ValueError(f"model dtype {dtype!r} is not supported; allowed: {', '.join(MODEL_DTYPES)}")
+    return MODEL_DTYPES[dtype]
+
+
+def check_device(name: str, flag: str = "--device") -> torch.device:
+    """A usable torch device, or a ValueError saying what is allowed here."""
+    allowed = "allowed here: " + ", ".join(["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())])
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{flag}={name!r} is not a device; {allowed}") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"{flag}={name!r} is not available on this machine; {allowed}")
+    if device.type not in {"cpu", "cuda"}:
+        raise ValueError(f"{flag}={name!r}: only cpu and cuda devices are supported; {allowed}")
+    return device
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """JSON from ``path``, or a ValueError naming the file and what it should be."""
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a valid JSON {what} ({err})") from err
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file, or a ValueError naming the file (truncated, not safetensors)."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
 
 
 def load_model(
@@ -47,6 +95,7 @@ def load_model(
 
     Pass ``model_class=HookedSAETransformer`` to splice SAEs into the loaded model.
     """
+    dtype = model_dtype(dtype)
     folder = TINY_LM_DIR if name_or_path == TINY_LM_NAME else Path(name_or_path)
     if name_or_path == TINY_LM_NAME and not (folder / WEIGHTS_FILE).exists():
         raise ModelUnavailableError(
@@ -116,20 +165,19 @@ def load_model_folder(
 ) -> ModelT:
     """Rebuild a model saved by ``save_model_folder``; weights are read with safetensors only."""
     folder = Path(folder)
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    if "hooked_transformer_config" not in config:
+    config = read_json_file(folder / CONFIG_FILE, "model config")
+    if not isinstance(config, dict) or "hooked_transformer_config" not in config:
         raise ValueError(f"{folder / CONFIG_FILE} has no 'hooked_transformer_config' entry; not a saved model folder")
     cfg = HookedTransformerConfig(**config["hooked_transformer_config"], device=str(device))
     tokenizer_dir = folder / TOKENIZER_DIR
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir)) if tokenizer_dir.exists() else None
     model = model_class(cfg, tokenizer=tokenizer, default_padding_side="right")
-    state = load_file(str(folder / WEIGHTS_FILE))
+    state = read_safetensors(folder / WEIGHTS_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [name for name in missing if not name.endswith(("IGNORE", "mask"))]
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS_FILE} does not fit its config: missing {missing}, unexpected {unexpected}")
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    return model.to(dtype).to(device).eval()
+    return model.to(model_dtype(dtype)).to(device).eval()
 
 
 def load_pretrained_sae(release: str, sae_id: str, device: str = "cpu") -> SAE[Any]:
@@ -143,3 +191,28 @@ def load_pretrained_sae(release: str, sae_id: str, device: str = "cpu") -> SAE[A
             "SAE.load_from_disk(path) (cfg.json + sae_weights.safetensors), or set HF_HUB_OFFLINE=1 with the "
             "release in your HF cache."
         ) from err
+
+
+def load_sae_folder(path: Path | str, device: str = "cpu") -> SAE[Any]:
+    """``SAE.load_from_disk`` with errors that name the file: a missing or broken ``cfg.json``, an
+    architecture SAELens does not know, truncated weights. Weights are read with safetensors only.
+    """
+    folder = Path(path)
+    config_file, weights_file = folder / SAE_CONFIG_FILE, folder / SAE_WEIGHTS_FILE
+    for file in (config_file, weights_file):
+        if not file.is_file():
+            raise ValueError(f"{file}: missing; an SAE folder holds {SAE_CONFIG_FILE} and {SAE_WEIGHTS_FILE}")
+    config = read_json_file(config_file, "SAE config")
+    architecture = config.get("architecture", "standard") if isinstance(config, dict) else None
+    if architecture not in SAE_CLASS_REGISTRY:
+        raise ValueError(
+            f"{config_file}: architecture {architecture!r} is not a registered SAE architecture; "
+            f"allowed: {', '.join(sorted(SAE_CLASS_REGISTRY))}"
+        )
+    try:
+        return SAE.load_from_disk(str(folder), device=device)
+    except SafetensorError as err:
+        raise ValueError(f"{weights_file}: not a readable safetensors file ({err})") from err
+    except (TypeError, KeyError) as err:
+        problem = f"{type(err).__name__}: {err}"
+        raise ValueError(f"{config_file}: does not describe a {architecture!r} SAE ({problem})") from err

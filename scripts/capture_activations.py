@@ -10,12 +10,14 @@ Run the same command again after a kill to resume; the finished cache is identic
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
 import simple_parsing
 
 from hybrid_sae_ext.activations import ActivationReader, CaptureConfig, ReaderConfig, capture_activations
+from hybrid_sae_ext.cli_errors import check_argv, check_values, cli_main
 
 
 @dataclass
@@ -37,12 +39,17 @@ def read_throughput(output_dir: str, hook_name: str, batch_size: int) -> tuple[i
     return tokens, time.perf_counter() - start
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     parser = simple_parsing.ArgumentParser(description=__doc__)
     parser.add_arguments(CaptureConfig, dest="capture")
     parser.add_arguments(ThroughputConfig, dest="throughput")
+    check_argv(CaptureConfig, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     capture: CaptureConfig = args.capture
+    check_values(capture)
+    if args.throughput.read_batch_size < 1:
+        raise ValueError(f"--read_batch_size={args.throughput.read_batch_size}: must be an integer >= 1")
     report = capture_activations(capture)
     manifest = report.manifest
     print(f"cache: {capture.output_dir} ({manifest.total_tokens} tokens x {len(manifest.hook_names)} hooks, "

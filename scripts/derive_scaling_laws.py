@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import logging
 
-import simple_parsing
-
+from hybrid_sae_ext.cli_errors import cli_main, parse_config
 from hybrid_sae_ext.experiments.sweep import SweepConfig, derive_scaling_laws
+from hybrid_sae_ext.folders import check_output_dir
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = simple_parsing.parse(SweepConfig, args=argv, description=__doc__)
+    cfg = parse_config(SweepConfig, argv, description=__doc__)
+    check_output_dir(cfg.out, "--out")
+    check_output_dir(cfg.cache_dir, "--cache_dir")
     report = derive_scaling_laws(cfg)
     for k, fit in report["fits"]["n_per_k"].items():
         alpha = f"{fit['params']['alpha']:.3f}" if "error" not in fit else fit["error"]

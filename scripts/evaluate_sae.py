@@ -10,13 +10,13 @@ Metrics are printed and written as JSON (default ``<sae_path>/splice_eval.json``
 
 from __future__ import annotations
 
-import simple_parsing
-
+from hybrid_sae_ext.cli_errors import cli_main, parse_config
 from hybrid_sae_ext.evals.cli import EvaluateSAEConfig, evaluate_from_config
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    cfg = simple_parsing.parse(EvaluateSAEConfig, args=argv)
+    cfg = parse_config(EvaluateSAEConfig, argv)
     result = evaluate_from_config(cfg)
     print(f"{result.hook_name}: {result.n_sequences} rows x {result.context_size} tokens")
     for name, value in result.summary().items():

@@ -6,13 +6,22 @@
 
 from pathlib import Path
 
-from simple_parsing import parse
-
 import hybrid_sae_ext  # noqa: F401  (registers the hybrid architecture)
+from hybrid_sae_ext.cli_errors import cli_main, parse_config
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig, run_comparison, write_results
+from hybrid_sae_ext.folders import check_output_dir
 
-if __name__ == "__main__":
-    cfg = parse(ComparisonConfig)
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(ComparisonConfig, argv)
+    check_output_dir(cfg.out, "--out")
+    if cfg.cache_dir:
+        check_output_dir(cfg.cache_dir, "--cache_dir")
     results = run_comparison(cfg)
     write_results(results, Path(cfg.out))
     print((Path(cfg.out) / "comparison.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,9 @@ def storage_dtype(name: str) -> torch.dtype:
     if name not in STORAGE_DTYPES:
         raise ValueError(f"unknown storage dtype {name!r}; choose one of {sorted(STORAGE_DTYPES)}")
     return STORAGE_DTYPES[name]
+
+
+SHARD_NAME = re.compile(r"shard_\d{5,}\.safetensors")
 
 
 def shard_file_name(index: int) -> str:
@@ -83,18 +89,58 @@ class Manifest:
         return {**dataclasses.asdict(self), "total_tokens": self.total_tokens}
 
     @classmethod
-    def from_json(cls, payload: dict[str, Any], source: Path) -> Manifest:
-        if payload.get("format") != FORMAT:
-            raise ValueError(f"{source}: not an activation cache manifest (format {payload.get('format')!r}, want {FORMAT!r})")
+    def from_json(cls, payload: Any, source: Path) -> Manifest:
+        """Parse and type-check a manifest; any wrong field is a ValueError naming the file and the field."""
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+            raise ValueError(f"{source}: not an activation cache manifest (format {found!r}, want {FORMAT!r})")
         try:
             fields = {f.name for f in dataclasses.fields(cls)}
             manifest = cls(**{k: v for k, v in payload.items() if k in fields})
-            manifest.shards = [ShardInfo(**shard) for shard in payload.get("shards", [])]
+            shards = payload.get("shards", [])
+            manifest.shards = [ShardInfo(**shard) for shard in shards] if isinstance(shards, list) else shards
         except TypeError as err:
             raise ValueError(f"{source}: malformed manifest ({err})") from err
-        if set(manifest.d_in) != set(manifest.hook_names):
-            raise ValueError(f"{source}: d_in keys {sorted(manifest.d_in)} do not match hook_names {manifest.hook_names}")
+        manifest._check_types(source)
         return manifest
+
+    def _check_types(self, source: Path) -> None:
+        def bad(name: str, value: Any, allowed: str) -> ValueError:
+            return ValueError(f"{source}: {name} is {value!r} ({type(value).__name__}); allowed: {allowed}")
+
+        def count(value: Any, minimum: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+        if not isinstance(self.model_name, str):
+            raise bad("model_name", self.model_name, "a string")
+        if not isinstance(self.hook_names, list) or not self.hook_names or not all(
+            isinstance(h, str) and h for h in self.hook_names
+        ):
+            raise bad("hook_names", self.hook_names, "a non-empty list of hook name strings")
+        if not isinstance(self.d_in, dict) or set(self.d_in) != set(self.hook_names):
+            raise bad("d_in", self.d_in, f"an object with one width per hook of hook_names {self.hook_names}")
+        for hook, width in self.d_in.items():
+            if not count(width, 1):
+                raise bad(f"d_in[{hook!r}]", width, "an integer >= 1")
+        if self.dtype not in STORAGE_DTYPES:
+            raise bad("dtype", self.dtype, ", ".join(sorted(STORAGE_DTYPES)))
+        for name in ("context_size", "tokens_per_shard"):
+            if not count(getattr(self, name), 1):
+                raise bad(name, getattr(self, name), "an integer >= 1")
+        if not isinstance(self.config, dict):
+            raise bad("config", self.config, "an object")
+        if not isinstance(self.complete, bool):
+            raise bad("complete", self.complete, "true or false")
+        if not isinstance(self.shards, list):
+            raise bad("shards", self.shards, "a list of shard records")
+        for index, shard in enumerate(self.shards):
+            if not isinstance(shard.file, str) or not SHARD_NAME.fullmatch(shard.file):
+                raise bad(f"shards[{index}].file", shard.file, "a plain file name inside the cache folder, "
+                          "like shard_00000.safetensors (no folders, no '..', no absolute paths)")
+            if not count(shard.tokens, 1):
+                raise bad(f"shards[{index}].tokens", shard.tokens, "an integer >= 1")
+            if not isinstance(shard.sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", shard.sha256):
+                raise bad(f"shards[{index}].sha256", shard.sha256, "64 lowercase hex digits")
 
     def header(self) -> dict[str, Any]:
         """Everything that fixes the shards' content; two runs with equal headers write equal shards."""
@@ -105,6 +151,8 @@ def read_manifest(directory: Path | str) -> Manifest:
     path = Path(directory) / MANIFEST_FILE
     if not path.exists():
         raise ValueError(f"{path}: no activation cache manifest here")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
     try:
         payload = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -115,8 +163,12 @@ def read_manifest(directory: Path | str) -> Manifest:
 def verify_shard(directory: Path, shard: ShardInfo, manifest: Manifest, checksum: bool = True) -> None:
     """Raise a ValueError naming the file if the shard is missing, corrupt, or disagrees with the manifest."""
     path = directory / shard.file
-    if not path.exists():
+    if not os.path.lexists(path):
         raise ValueError(f"{path}: shard listed in {directory / MANIFEST_FILE} is missing")
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+        raise ValueError(f"{path}: {kind}; a cache reads only plain files inside its own folder")
     if checksum and (actual := sha256_file(path)) != shard.sha256:
         raise ValueError(
             f"{path}: checksum mismatch (manifest {shard.sha256[:12]}…, file {actual[:12]}…): the shard is corrupt "
@@ -200,6 +252,14 @@ def open_cache(
     return ActivationCache(directory, manifest)
 
 
+def header_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``name: old -> new`` for each differing entry, looking inside the creation config."""
+    flat_old = {**{k: v for k, v in old.items() if k != "config"}, **old.get("config", {})}
+    flat_new = {**{k: v for k, v in new.items() if k != "config"}, **new.get("config", {})}
+    keys = sorted(k for k in set(flat_old) | set(flat_new) if flat_old.get(k) != flat_new.get(k))
+    return ", ".join(f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys)
+
+
 class CacheWriter:
     """Appends shards to a cache folder and keeps its manifest current after every shard."""
 
@@ -212,20 +272,22 @@ class CacheWriter:
         """Start a new cache, or continue one whose manifest has the same header as ``fresh``.
 
         Resuming trusts only the shards listed in the manifest, after checking their checksums; a
-        shard written but not yet listed when the capture was killed is simply written again.
+        shard written but not yet listed when the capture was killed is simply written again. A new
+        cache gets its manifest with its first shard, so a capture that fails before producing
+        anything leaves nothing that blocks the folder (an old manifest with no shards is replaced).
+        The caller holds the folder's lock (``hybrid_sae_ext.folders.folder_lock``).
         """
         directory = Path(directory)
         if not (directory / MANIFEST_FILE).exists():
-            writer = cls(directory, fresh)
-            writer._write_manifest()
-            return writer
+            return cls(directory, fresh)
         existing = read_manifest(directory)
+        if not existing.shards and not existing.complete:
+            return cls(directory, fresh)
         old, new = existing.header(), fresh.header()
         if old != new:
-            diffs = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
             raise ValueError(
                 f"{directory / MANIFEST_FILE}: an existing cache with a different config is here "
-                f"(differences, existing vs requested: {diffs}); choose another output folder"
+                f"(existing vs requested: {header_differences(old, new)}); choose another output folder"
             )
         for shard in existing.shards:
             verify_shard(directory, shard, existing)
@@ -247,6 +309,10 @@ class CacheWriter:
         return shard
 
     def finish(self) -> Manifest:
+        if not self.manifest.shards:
+            raise ValueError(
+                f"{self.directory}: no activations were captured; a cache of 0 tokens is not marked complete"
+            )
         self.manifest.complete = True
         self._write_manifest()
         return self.manifest

@@ -26,7 +26,8 @@ from transformer_lens import HookedTransformer
 
 from hybrid_sae_ext.activations.cache import CacheWriter, Manifest, storage_dtype
 from hybrid_sae_ext.activations.tokens import EMBEDDED_CORPUS, load_text_dataset, token_rows
-from hybrid_sae_ext.models import TINY_LM_NAME, load_model
+from hybrid_sae_ext.folders import check_output_dir, check_path_text, folder_lock
+from hybrid_sae_ext.models import TINY_LM_NAME, check_device, load_model, model_dtype
 
 NOT_PER_TOKEN = ("hook_pattern", "hook_attn_scores")  # [batch, head, q, k]: no single row per token
 OUTPUT_ONLY_FIELDS = {"output_dir", "progress"}  # fields that do not change what is captured
@@ -73,6 +74,9 @@ class CaptureConfig:
 
     def __post_init__(self) -> None:
         self.storage_dtype = str(storage_dtype(self.storage_dtype)).removeprefix("torch.")  # fp16 -> float16
+        model_dtype(self.model_dtype)
+        check_device(self.device)
+        check_path_text(self.output_dir, "output_dir")
         for name in ("context_size", "total_tokens", "tokens_per_shard", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -175,32 +179,60 @@ def _fresh_manifest(config: CaptureConfig, model: HookedTransformer) -> Manifest
 def capture_activations(config: CaptureConfig, model: HookedTransformer | None = None) -> CaptureReport:
     """Capture (or resume capturing) ``config.total_tokens`` activations per hook into ``config.output_dir``.
 
-    Pass ``model`` to reuse a loaded model; it must be the one ``config.model_name`` names.
+    Pass ``model`` to reuse a loaded model; it must be the one ``config.model_name`` names. The
+    output folder, the model, the hooks and the dataset's first row are checked before anything is
+    written; the folder is locked while the capture runs, so a second capture into it is refused.
     """
+    check_output_dir(config.output_dir, "output_dir")
     model = model or load_model(config.model_name, device=config.device, dtype=config.model_dtype)
     validate_hook_names(model, config.hook_names)
     if model.tokenizer is None:
         raise ValueError(f"model {config.model_name!r} has no tokenizer; cannot tokenize the dataset")
     if config.context_size > model.cfg.n_ctx:
         raise ValueError(f"context_size {config.context_size} exceeds the model's n_ctx {model.cfg.n_ctx}")
-    writer = CacheWriter.create_or_resume(Path(config.output_dir), _fresh_manifest(config, model))
-    start, resumed_from = time.perf_counter(), writer.manifest.total_tokens
-    if not writer.manifest.complete:
-        if resumed_from < config.total_tokens:
-            _capture_missing(writer, config, model)
-        if (done := writer.manifest.total_tokens) < config.total_tokens:
-            warnings.warn(f"dataset ran out after {done} of {config.total_tokens} tokens", stacklevel=2)
-        writer.finish()
+    fresh = _fresh_manifest(config, model)
+    with folder_lock(config.output_dir, "activation cache"):
+        writer = CacheWriter.create_or_resume(Path(config.output_dir), fresh)
+        start, resumed_from = time.perf_counter(), writer.manifest.total_tokens
+        if not writer.manifest.complete:
+            if resumed_from < config.total_tokens:
+                check_dataset(config, model)
+                _capture_missing(writer, config, model)
+            if (done := writer.manifest.total_tokens) < config.total_tokens:
+                warnings.warn(f"dataset ran out after {done} of {config.total_tokens} tokens", stacklevel=2)
+            writer.finish()
     return CaptureReport(writer.manifest, writer.manifest.total_tokens - resumed_from, time.perf_counter() - start)
+
+
+def _dataset_description(config: CaptureConfig) -> str:
+    return f"dataset {config.dataset_path!r} (split {config.dataset_split!r}, column {config.text_column!r})"
+
+
+def _token_rows(config: CaptureConfig, model: HookedTransformer) -> Iterator[torch.Tensor]:
+    """The capture's token rows; dataset errors become one ValueError naming the dataset, split and column."""
+    try:
+        documents = load_text_dataset(config.dataset_path, config.dataset_split, config.dataset_config or None)
+        yield from token_rows(documents, model.tokenizer, config.context_size, config.prepend_bos, config.text_column)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{_dataset_description(config)}: the text is not UTF-8 ({err})") from err
+    except Exception as err:  # datasets raises many types for a bad path, split or config; all are input errors
+        raise ValueError(f"{_dataset_description(config)}: cannot be read ({type(err).__name__}: {err})") from err
+
+
+def check_dataset(config: CaptureConfig, model: HookedTransformer) -> None:
+    """Read the first token row: a bad dataset, split, column or encoding, or too little text, fails here."""
+    if next(_token_rows(config, model), None) is None:
+        raise ValueError(
+            f"{_dataset_description(config)}: holds no text for even one row of "
+            f"context_size={config.context_size} tokens"
+        )
 
 
 def _capture_missing(writer: CacheWriter, config: CaptureConfig, model: HookedTransformer) -> None:
     """Append shards from the first token the cache lacks, recomputing from the batch that holds it."""
     done = writer.manifest.total_tokens
     first_batch, discard = divmod(done, config.batch_size * config.stored_per_row)
-    documents = load_text_dataset(config.dataset_path, config.dataset_split, config.dataset_config or None)
-    rows = token_rows(documents, model.tokenizer, config.context_size, config.prepend_bos, config.text_column)
-    rows = itertools.islice(rows, first_batch * config.batch_size, None)
+    rows = itertools.islice(_token_rows(config, model), first_batch * config.batch_size, None)
     layer, dtype = stop_layer(config.hook_names), storage_dtype(config.storage_dtype)
     pending: dict[str, list[torch.Tensor]] = {name: [] for name in config.hook_names}
     buffered = 0

@@ -44,7 +44,8 @@ from sae_lens.saes.sae import (
 )
 
 from hybrid_sae_ext.kernels import KERNEL_BACKENDS, TopKSelection, get_kernels
-from hybrid_sae_ext.kernels.sparse_ops import gathered_dot, select_topk
+from hybrid_sae_ext.kernels.primitives import gathered_dot
+from hybrid_sae_ext.kernels.selection import SELECTION_DTYPES, select_topk
 
 # Normalizations applied inside the SAE's forward would put the AuxK residual and the MSE target
 # in different spaces; "expected_average_only_in" is applied by the data pipeline, so it is safe.
@@ -95,6 +96,9 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
     """Dead latents used by AuxK per token; None means d_in // 2."""
     kernel_backend: str = "sparse"
     """"sparse" (fast path, batch x k tensors only) or "dense" (autograd reference)."""
+    selection_dtype: str = "auto"
+    """How the top-k candidates are scored: "float32" (exact), "bfloat16" (top k + margin in bf16, rescored
+    exactly; values and gradients stay exact), "auto" (bf16 where a one-time timing shows it faster)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,6 +107,8 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(
                 f"kernel_backend={self.kernel_backend!r} is not one of {KERNEL_BACKENDS}"
             )
+        if self.selection_dtype not in SELECTION_DTYPES:
+            raise ValueError(f"selection_dtype={self.selection_dtype!r} is not one of {SELECTION_DTYPES}")
         if self.k_aux is not None and not 1 <= self.k_aux <= self.d_sae:
             raise ValueError(f"k_aux must be None or in [1, d_sae={self.d_sae}], got {self.k_aux}")
         for name in ("l1_coefficient", "gate_aux_coefficient", "aux_k_coefficient"):
@@ -345,7 +351,8 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
         n_dead = 0 if dead_mask is None else int(dead_mask.sum())
         k_aux = min(self.cfg.effective_k_aux, n_dead)
         sel, aux = kernels.encode(
-            self._flat(self.process_sae_in(x)), self.W_enc, self.b_gate, self.cfg.k, dead_mask, k_aux
+            self._flat(self.process_sae_in(x)), self.W_enc, self.b_gate, self.cfg.k, dead_mask, k_aux,
+            self.cfg.selection_dtype,
         )
         gate_pre, values = self._codes(sel)
         rows = self.decoder_rows()
@@ -365,7 +372,7 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
             scale = min(n_dead / self.cfg.effective_k_aux, 1.0)
             aux_k = self.cfg.aux_k_coefficient * scale * (aux_recon - residual).pow(2).sum(-1).mean()
             dead_gate = aux.values.detach() + self.b_gate[aux.indices]
-            along_row = gathered_dot(residual, rows.detach(), aux.indices)
+            along_row = gathered_dot(residual, rows.detach().t(), aux.indices)
             gate_aux = gate_aux + self.cfg.gate_aux_coefficient * (dead_gate - along_row).pow(2).sum(-1).mean()
 
         losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k)
@@ -373,14 +380,18 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        """SAELens' training step on the sparse forward; dense codes are built only for its stats."""
+        """SAELens' training step on the sparse forward; the codes go to its stats as a sparse COO
+        tensor (``batch * k`` entries; SAELens' trainer reads ``feature_acts`` through ``.bool()``,
+        ``.sum`` and ``.to_dense()`` of reductions, which accept it), never a dense ``batch x d_sae``."""
         out = self.hybrid_forward(
             step_input.sae_in, step_input.dead_neuron_mask, step_input.coefficients.get("l1")
         )
         with torch.no_grad():
-            values = out.codes.values.detach()
-            feature_acts = values.new_zeros(values.shape[0], self.cfg.d_sae).scatter(
-                1, out.codes.indices, values
+            values, indices = out.codes.values.detach(), out.codes.indices
+            tokens = torch.arange(values.shape[0], device=values.device).repeat_interleave(values.shape[1])
+            feature_acts = torch.sparse_coo_tensor(
+                torch.stack([tokens, indices.reshape(-1)]), values.reshape(-1), (values.shape[0], self.cfg.d_sae),
+                is_coalesced=True, check_invariants=False,
             )
         return TrainStepOutput(
             sae_in=step_input.sae_in,

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sae_lens import SAE
-
 import hybrid_sae_ext  # noqa: F401  (registers the hybrid architecture with SAELens)
 from hybrid_sae_ext.evals.data import load_eval_tokens
 from hybrid_sae_ext.evals.splice import SpliceEvalResult, evaluate_sae
+from hybrid_sae_ext.folders import check_output_dir, check_path_text
 from hybrid_sae_ext.io import write_json_atomic
-from hybrid_sae_ext.models import CORPUS_DIR, TINY_LM_NAME, load_model
+from hybrid_sae_ext.models import CORPUS_DIR, TINY_LM_NAME, check_device, load_model, load_sae_folder
+
+SPLICE_EVAL_FILE = "splice_eval.json"
 
 
 @dataclass
@@ -49,14 +50,35 @@ class EvaluateSAEConfig:
     device: str = "cpu"
     """Device for the model and the SAE."""
 
+    def __post_init__(self) -> None:
+        check_path_text(self.sae_path, "--sae_path")
+        if self.output is not None:
+            check_path_text(self.output, "--output")
+        for name in ("batch_size", "n_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name}={getattr(self, name)}: must be an integer >= 1")
+        if self.context_size is not None and self.context_size < 2:
+            raise ValueError(f"--context_size={self.context_size}: must be >= 2 (or left out for the SAE's own)")
+        if not 0 < self.dense_threshold <= 1:
+            raise ValueError(f"--dense_threshold={self.dense_threshold}: must be a firing frequency in (0, 1]")
+        check_device(self.device)
+
     @property
     def output_path(self) -> Path:
-        return Path(self.output) if self.output else Path(self.sae_path) / "splice_eval.json"
+        return Path(self.output) if self.output else Path(self.sae_path) / SPLICE_EVAL_FILE
+
+    def check_output(self) -> None:
+        """Before loading anything: the output file can be written (it is replaced atomically if it exists)."""
+        path = self.output_path
+        check_output_dir(path.parent, "--output folder")
+        if path.is_dir():
+            raise ValueError(f"--output={str(path)!r} is a folder; give a .json file path")
 
 
 def evaluate_from_config(cfg: EvaluateSAEConfig) -> SpliceEvalResult:
     """Load the SAE, the model and the tokens, evaluate, and write ``cfg.output_path`` atomically."""
-    sae = SAE.load_from_disk(cfg.sae_path, device=cfg.device)
+    cfg.check_output()
+    sae = load_sae_folder(cfg.sae_path, device=cfg.device)
     model = load_model(cfg.model_name, device=cfg.device)
     context_size = cfg.context_size or sae.cfg.metadata.context_size or model.cfg.n_ctx
     tokens = load_eval_tokens(

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hybrid_sae_ext.kernels.sparse_ops import encoder_scores, gather_pre, select_topk
+from hybrid_sae_ext.kernels.selection import select
 from hybrid_sae_ext.kernels.types import TopKSelection
 
 
@@ -21,14 +21,13 @@ def dense_encode(
     k: int,
     aux_mask: Tensor | None = None,
     k_aux: int = 0,
+    selection_dtype: str = "float32",
 ) -> tuple[TopKSelection, TopKSelection | None]:
-    """Same contract as ``sparse_encode``; gradients flow through the dense ``x @ W_enc``."""
-    scores = encoder_scores(x, W_enc, selection_bias)
-    indices, aux_indices = select_topk(scores.detach(), selection_bias, k, aux_mask, k_aux)
-    aux = None
-    if aux_indices is not None:
-        aux = TopKSelection(gather_pre(scores, selection_bias, aux_indices), aux_indices)
-    return TopKSelection(gather_pre(scores, selection_bias, indices), indices), aux
+    """Same contract as ``sparse_encode`` (same selection); gradients flow through the dense ``x @ W_enc``."""
+    main, aux = select(x, W_enc, selection_bias, k, aux_mask, k_aux, selection_dtype)
+    pre = x @ W_enc
+    dense_aux = None if aux is None else TopKSelection(pre.gather(1, aux.indices), aux.indices)
+    return TopKSelection(pre.gather(1, main.indices), main.indices), dense_aux
 
 
 def dense_decode(

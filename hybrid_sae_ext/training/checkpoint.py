@@ -9,25 +9,29 @@ set of checkpoints or the old set plus one complete new one. Loading uses safete
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from hybrid_sae_ext.io import fsync_dir, sha256_file, write_json_atomic
+from hybrid_sae_ext.io import fsync_dir, set_default_mode, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 SAE_FILE, TENSORS_FILE, STATE_FILE, MANIFEST_FILE = (
     "sae.safetensors", "trainer.safetensors", "trainer_state.json", "manifest.json",
 )
+T = TypeVar("T")
 _STEP_DIR = re.compile(r"^step-(\d{9})$")
 
 
@@ -79,6 +83,8 @@ class CheckpointManager:
             save_file({k: v.detach().contiguous().cpu() for k, v in checkpoint.sae_state.items()}, str(tmp / SAE_FILE))
             save_file({k: v.detach().contiguous().cpu() for k, v in checkpoint.tensors.items()}, str(tmp / TENSORS_FILE))
             (tmp / STATE_FILE).write_text(json.dumps(checkpoint.state, indent=1, sort_keys=True))
+            for name in (SAE_FILE, TENSORS_FILE):
+                set_default_mode(tmp / name)  # safetensors creates 0600
             files = {name: sha256_file(tmp / name) for name in (SAE_FILE, TENSORS_FILE, STATE_FILE)}
             write_json_atomic(tmp / MANIFEST_FILE, {"step": checkpoint.step, "sha256": files})
             fsync_dir(tmp)
@@ -86,13 +92,16 @@ class CheckpointManager:
                 shutil.rmtree(final)
             tmp.rename(final)
             fsync_dir(self.directory)
-        except OSError as err:
+        except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
             shutil.rmtree(tmp, ignore_errors=True)
             previous = self.checkpoints()
             raise CheckpointError(
                 f"could not write checkpoint {final}: {err}; "
                 f"previous checkpoint {previous[0] if previous else '(none)'} is intact"
             ) from err
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         self._prune()
         return final
 
@@ -106,10 +115,17 @@ class CheckpointManager:
         Returns None when there are no checkpoints; raises ``CheckpointError`` when there are some
         but none verifies (starting over silently would lose the run).
         """
+        return self._newest_good(load_checkpoint)
+
+    def latest_state(self) -> dict[str, Any] | None:
+        """``trainer_state.json`` (counters, data position, config) of the checkpoint ``load_latest`` would load."""
+        return self._newest_good(read_checkpoint_state)
+
+    def _newest_good(self, read: Callable[[Path], T]) -> T | None:
         problems: list[str] = []
         for path in self.checkpoints():
             try:
-                return load_checkpoint(path)
+                return read(path)
             except CheckpointError as err:
                 logger.warning("skipping checkpoint: %s", err)
                 problems.append(str(err))
@@ -118,12 +134,13 @@ class CheckpointManager:
         return None
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Verify the manifest's checksums, then read with safetensors and JSON; errors name the file."""
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's manifest after checking every file's checksum; CheckpointError names the bad file."""
     manifest_path = path / MANIFEST_FILE
     try:
         manifest = json.loads(manifest_path.read_text())
         expected: dict[str, str] = manifest["sha256"]
+        int(manifest["step"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({type(err).__name__}: {err})") from err
     for name in (SAE_FILE, TENSORS_FILE, STATE_FILE):
@@ -134,6 +151,21 @@ def load_checkpoint(path: Path) -> Checkpoint:
             raise CheckpointError(f"{file}: missing")
         if sha256_file(file) != expected[name]:
             raise CheckpointError(f"{file}: checksum mismatch (truncated or corrupted)")
+    return manifest
+
+
+def read_checkpoint_state(path: Path) -> dict[str, Any]:
+    """The verified checkpoint's ``trainer_state.json``, without loading its tensors."""
+    verify_checkpoint(path)
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path / STATE_FILE}: unreadable ({type(err).__name__}: {err})") from err
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Verify the manifest's checksums, then read with safetensors and JSON; errors name the file."""
+    manifest = verify_checkpoint(path)
     try:
         return Checkpoint(
             step=int(manifest["step"]),
@@ -142,8 +174,45 @@ def load_checkpoint(path: Path) -> Checkpoint:
             state=json.loads((path / STATE_FILE).read_text()),
             path=path,
         )
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from err
+
+
+RUN_NEUTRAL_FIELDS = frozenset({
+    "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "log_every", "wandb_project", "progress_bar",
+    "device", "skip_nonfinite_batches",
+})  # fmt: skip
+"""TrainConfig fields that may change on resume without changing what the run computes."""
+
+
+def config_state(cfg: Any) -> dict[str, Any]:
+    """A dataclass config as the JSON checkpoints store (non-scalar values as strings)."""
+    scalar = (int, float, bool, type(None))
+    return {k: v if isinstance(v, scalar) else str(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def check_resume_config(saved: dict[str, Any], current: Any, allow_changes: bool, source: Path | str) -> list[str]:
+    """Compare the checkpoint's saved config with this run's; returns one ``name: old -> new`` per change.
+
+    Changes to fields outside ``RUN_NEUTRAL_FIELDS`` (k, lr, architecture, schedule, ...) would make the
+    resumed run a different run, so they raise ``CheckpointError`` unless ``allow_changes``. A field
+    the checkpoint does not record is compared with its default.
+    """
+    now = config_state(current)
+    defaults = config_state(type(current)())
+    changes, blocking = [], []
+    for name in sorted(now):
+        old = saved.get(name, defaults.get(name))
+        if old != now[name]:
+            changes.append(f"{name}: {old!r} -> {now[name]!r}")
+            if name not in RUN_NEUTRAL_FIELDS:
+                blocking.append(changes[-1])
+    if blocking and not allow_changes:
+        raise CheckpointError(
+            f"{source}: this run's config differs from the checkpoint's ({'; '.join(blocking)}); resume with the "
+            "same settings, or pass --allow_config_change to continue with the new ones"
+        )
+    return changes
 
 
 def check_state_matches(state: dict[str, Tensor], expected: dict[str, Tensor], source: Path | str) -> None:

@@ -9,12 +9,15 @@ the same global batches (the trainer slices them); only rank 0 captures, saves a
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import simple_parsing
 import torch.distributed as dist
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAE
@@ -23,16 +26,21 @@ from transformer_lens import HookedTransformer
 from hybrid_sae_ext.activations import CaptureConfig, capture_activations, hook_widths, read_manifest
 from hybrid_sae_ext.activations.cache import MANIFEST_FILE
 from hybrid_sae_ext.activations.capture import validate_hook_names
+from hybrid_sae_ext.cli_errors import cli_main, parse_config
 from hybrid_sae_ext.distributed.data_parallel import DataParallel, init_from_environment
 from hybrid_sae_ext.evals import SpliceEvalResult, evaluate_sae, load_eval_tokens
-from hybrid_sae_ext.io import write_json_atomic
-from hybrid_sae_ext.models import TINY_LM_NAME, ModelUnavailableError, load_model
+from hybrid_sae_ext.evals.cli import SPLICE_EVAL_FILE
+from hybrid_sae_ext.folders import check_output_dir, check_path_text, folder_lock
+from hybrid_sae_ext.io import fsync_dir, set_default_mode, write_json_atomic
+from hybrid_sae_ext.models import SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, TINY_LM_NAME, load_model, load_sae_folder
 from hybrid_sae_ext.training.cache_source import CacheActivationSource
-from hybrid_sae_ext.training.checkpoint import CheckpointError, CheckpointManager
+from hybrid_sae_ext.training.checkpoint import CheckpointManager, check_resume_config
 from hybrid_sae_ext.training.config import TrainConfig
 from hybrid_sae_ext.training.trainer import Trainer
 
 EVAL_FILE = "eval.json"
+SAE_RUN_FILES = (SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, EVAL_FILE, SPLICE_EVAL_FILE)
+"""What one run leaves in --out (``SPLICE_EVAL_FILE``: scripts/evaluate_sae.py's default output)."""
 
 
 @dataclass
@@ -60,6 +68,11 @@ class TrainScriptConfig:
     """Batches of held-out validation rows to splice-evaluate after training (0: skip the evaluation)."""
     eval_batch_size: int = 8
     """Rows per evaluation batch."""
+    overwrite: bool = False
+    """Replace an SAE already in --out (its cfg.json, weights and evaluation files are removed first)."""
+    allow_config_change: bool = False
+    """With --resume, continue even if k, lr, the architecture or another setting that changes the run differs
+    from the checkpoint's (the changes are printed either way)."""
 
     def __post_init__(self) -> None:
         for name in ("tokens", "context_size", "eval_batch_size"):
@@ -67,6 +80,10 @@ class TrainScriptConfig:
                 raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
         if self.eval_batches < 0:
             raise ValueError(f"eval_batches must be >= 0, got eval_batches={self.eval_batches}")
+        for flag in ("cache_dir", "out"):
+            check_path_text(getattr(self, flag), f"--{flag}")
+        if self.train.checkpoint_dir is not None:
+            check_path_text(self.train.checkpoint_dir, "--checkpoint_dir")
 
 
 @dataclass
@@ -81,6 +98,33 @@ class TrainScriptResult:
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def check_output_locations(cfg: TrainScriptConfig) -> None:
+    """Before any work: every output folder is usable, they are distinct, and --out holds no SAE unless --overwrite."""
+    folders = {"--cache_dir": cfg.cache_dir, "--out": cfg.out}
+    if cfg.train.checkpoint_dir is not None:
+        folders["--checkpoint_dir"] = str(cfg.train.checkpoint_dir)
+    resolved: dict[Path, str] = {}
+    for flag, folder in folders.items():
+        path = check_output_dir(folder, flag).resolve()
+        if path in resolved:
+            raise ValueError(f"{resolved[path]} and {flag} are the same folder {folder!r}; give each its own folder")
+        resolved[path] = flag
+    out = Path(cfg.out)
+    existing = sorted(name for name in SAE_RUN_FILES if (out / name).exists())
+    if existing and not cfg.overwrite:
+        raise ValueError(
+            f"--out={cfg.out!r} already holds an SAE or its results ({', '.join(existing)}); "
+            "pass --overwrite to replace them, or choose another folder"
+        )
+
+
+def lock_output_folders(cfg: TrainScriptConfig, locks: contextlib.ExitStack) -> None:
+    """Hold the checkpoint and output folders for this run; a second run writing either is refused."""
+    if cfg.train.checkpoint_dir is not None:
+        locks.enter_context(folder_lock(cfg.train.checkpoint_dir, "checkpoint folder"))
+    locks.enter_context(folder_lock(cfg.out, "SAE output folder"))
 
 
 def check_checkpoint_dir(cfg: TrainScriptConfig) -> None:
@@ -109,9 +153,14 @@ def ensure_cache(cfg: TrainScriptConfig, model: HookedTransformer, show_progress
     print(f"captured {report.new_tokens} tokens into {cfg.cache_dir} ({report.tokens_per_second:,.0f} tokens/s)")
 
 
-def prepare(cfg: TrainScriptConfig, parallel: DataParallel) -> tuple[HookedTransformer, CacheActivationSource, Trainer]:
-    """Validate everything, capture if needed, build the trainer and resume it; raises ValueError-like errors."""
+def prepare(
+    cfg: TrainScriptConfig, parallel: DataParallel, locks: contextlib.ExitStack
+) -> tuple[HookedTransformer, CacheActivationSource, Trainer]:
+    """Validate everything, lock the output folders, capture if needed, build the trainer and resume it."""
     cfg.train.micro_batch_size(parallel.world_size)
+    if parallel.is_main:
+        check_output_locations(cfg)
+        lock_output_folders(cfg, locks)
     check_checkpoint_dir(cfg)
     model = load_model(cfg.model, device=cfg.train.device)
     validate_hook_names(model, [cfg.hook_name])
@@ -122,6 +171,7 @@ def prepare(cfg: TrainScriptConfig, parallel: DataParallel) -> tuple[HookedTrans
     source = CacheActivationSource(cfg.cache_dir, cfg.hook_name, seed=cfg.train.seed, d_in=d_in, model_name=cfg.model)
     trainer = Trainer(cfg.train, source, parallel=parallel)
     if cfg.resume:
+        check_resume(cfg)
         if trainer.resume():
             print(f"resumed from {trainer.last_checkpoint} (step {trainer.step})")
         else:
@@ -129,13 +179,41 @@ def prepare(cfg: TrainScriptConfig, parallel: DataParallel) -> tuple[HookedTrans
     return model, source, trainer
 
 
+def check_resume(cfg: TrainScriptConfig) -> None:
+    """Refuse (or, with --allow_config_change, print) settings that differ from the checkpoint's."""
+    assert cfg.train.checkpoint_dir is not None  # check_checkpoint_dir ran
+    saved = CheckpointManager(cfg.train.checkpoint_dir).latest_state()
+    if saved is None:
+        return
+    changes = check_resume_config(saved.get("config", {}), cfg.train, cfg.allow_config_change, cfg.train.checkpoint_dir)
+    if changes:
+        print(f"resuming with settings changed since the checkpoint: {'; '.join(changes)}")
+
+
 def save_sae(sae: TrainingSAE[Any], cfg: TrainScriptConfig, context_size: int) -> SAE[Any]:
-    """Write the inference SAE with the metadata SAELens tools read, and load it back as they would."""
+    """Write the inference SAE with the metadata SAELens tools read, and load it back as they would.
+
+    The files are written in a hidden folder inside --out and renamed into place, each readable by others;
+    with --overwrite the previous SAE's files (its evaluations included) are removed first.
+    """
+    out = Path(cfg.out)
+    for name in SAE_RUN_FILES:
+        (out / name).unlink(missing_ok=True)
     metadata = sae.cfg.metadata
     metadata.model_name, metadata.hook_name = cfg.model, cfg.hook_name
     metadata.context_size, metadata.prepend_bos = context_size, True
-    sae.save_inference_model(cfg.out)
-    return SAE.load_from_disk(cfg.out, device=cfg.train.device)
+    staging = Path(tempfile.mkdtemp(prefix=".sae-", dir=out))
+    try:
+        sae.save_inference_model(str(staging))
+        for file in staging.iterdir():
+            set_default_mode(file)
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(file, out / file.name)
+        fsync_dir(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_sae_folder(cfg.out, device=cfg.train.device)
 
 
 def evaluate(model: HookedTransformer, sae: SAE[Any], cfg: TrainScriptConfig, context_size: int) -> SpliceEvalResult:
@@ -177,16 +255,15 @@ def train_and_save(
     return summary
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    """Parse, validate, train, report; bad input exits non-zero with a one-line message before any training."""
+    """Parse, validate, train, report; bad input exits with status 2 and a one-line message before any training."""
+    cfg = parse_config(TrainScriptConfig, argv)
+    parallel = init_from_environment()
     try:
-        cfg = simple_parsing.parse(TrainScriptConfig, args=argv)
-        parallel = init_from_environment()
-        prepared = prepare(cfg, parallel)
-    except (ValueError, CheckpointError, ModelUnavailableError) as err:
-        raise SystemExit(f"error: {err}") from None
-    try:
-        run = train_and_save(cfg, parallel, *prepared)
+        with contextlib.ExitStack() as locks:
+            prepared = prepare(cfg, parallel, locks)
+            run = train_and_save(cfg, parallel, *prepared)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -33,6 +33,7 @@ from hybrid_sae_ext.training.checkpoint import (
 )
 from hybrid_sae_ext.training.config import TrainConfig
 from hybrid_sae_ext.training.data import ActivationSource
+from hybrid_sae_ext.training.optimizer import all_finite, make_adam
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +128,7 @@ class Trainer:
         self.sae = sae if sae is not None else build_training_sae(cfg, source.d_in)
         if self.sae.cfg.d_in != source.d_in:
             raise ValueError(f"the SAE has d_in={self.sae.cfg.d_in} but the activations have d_in={source.d_in}")
-        on_cuda = self.sae.device.type == "cuda"  # fused Adam is one kernel per step there; foreach elsewhere
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, fused=on_cuda, foreach=not on_cuda)
+        self.optimizer = make_adam(self.sae.parameters(), cfg.lr)
         self.coefficients = self.sae.get_coefficients()
         self.step = 0
         self.tokens_seen = 0
@@ -177,14 +177,15 @@ class Trainer:
                 error_sum += (sae_out.reshape(micro.shape) - micro).pow(2).sum()
         self.parallel.average_gradients(self.sae)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.clip_grad_norm or float("inf"))
-        loss_value = float(self.parallel.mean(loss_sum / self.cfg.grad_accum_steps))
-        if not (np.isfinite(loss_value) and torch.isfinite(grad_norm)):
-            return self._non_finite(f"loss={loss_value}, gradient norm={float(grad_norm)}")
+        loss_mean = self.parallel.mean(loss_sum / self.cfg.grad_accum_steps)
+        loss_value, grad_norm_value = torch.stack([loss_mean, grad_norm.to(loss_mean)]).tolist()  # one host sync
+        if not (np.isfinite(loss_value) and np.isfinite(grad_norm_value)):
+            return self._non_finite(f"loss={loss_value}, gradient norm={grad_norm_value}")
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.learning_rate(self.step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if not all(bool(torch.isfinite(p).all()) for p in self.sae.parameters()):
+        if not bool(all_finite(self.sae.parameters())):
             raise NonFiniteError(
                 f"weights became non-finite after the update at step {self.step}; "
                 f"last good checkpoint: {self.last_checkpoint or 'none'}"
@@ -195,12 +196,16 @@ class Trainer:
         self.step += 1
         self.tokens_seen += self.cfg.batch_size
         variance = (batch - batch.mean(0)).pow(2).sum()
+        l0, normalized_mse, dead_fraction = torch.stack([  # one host sync
+            self.parallel.mean(l0_sum / batch.shape[0]), self.parallel.mean(error_sum / variance),
+            dead_mask.to(variance).mean(),
+        ]).tolist()
         return StepMetrics(
             step=self.step,
             loss=loss_value,
-            l0=float(self.parallel.mean(l0_sum / batch.shape[0])),
-            normalized_mse=float(self.parallel.mean(error_sum / variance)),
-            dead_fraction=float(dead_mask.float().mean()),
+            l0=l0,
+            normalized_mse=normalized_mse,
+            dead_fraction=dead_fraction,
             lr=self.cfg.learning_rate(self.step - 1),
         )
 

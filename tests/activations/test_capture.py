@@ -1,6 +1,7 @@
 """Capture: one pass for two layers equals separate passes; hooks, BOS and storage dtypes."""
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -28,6 +29,10 @@ def test_two_layers_in_one_pass_equal_two_separate_run_with_cache_calls(model, s
     cache = open_cache(tmp_path, model_name=config.model_name)
     assert report.new_tokens == cache.manifest.total_tokens == 700
     assert [s.tokens for s in cache.manifest.shards] == [200, 200, 200, 100]
+
+    mask = os.umask(0)
+    os.umask(mask)  # shards and manifest get the usual permissions, so others can read a shared cache
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.glob("*.*")} == {0o666 & ~mask}
 
     rows = token_rows(load_text_dataset("embedded"), model.tokenizer, config.context_size)
     tokens = torch.stack(list(itertools.islice(rows, 700 // 32 + 1)))

@@ -8,7 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from hybrid_sae_ext.activations import capture_activations, open_cache, read_manifest
+from hybrid_sae_ext.folders import FolderLockedError
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "capture_activations.py"
 # Runs the CLI with a pause after every shard, so the kill lands mid-run however fast the machine is.
@@ -20,6 +23,9 @@ CacheWriter.write_shard = lambda self, tensors: (write(self, tensors), time.slee
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(SCRIPT.parents[1])}  # this checkout's package
 
 
 def _argv(config) -> list[str]:
@@ -47,7 +53,7 @@ def test_sigkilled_capture_resumes_to_the_uninterrupted_cache(model, small_confi
 
     killed = small_config(tmp_path / "killed")
     command = [sys.executable, "-c", SLOW_CLI, str(SCRIPT), *_argv(killed)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TQDM_DISABLE": "1"})
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     try:
         _wait_for_listed_shard(tmp_path / "killed" / "manifest.json", process)
     finally:
@@ -71,3 +77,25 @@ def test_killed_after_the_last_shard_only_finishes_the_manifest(model, small_con
     (tmp_path / "manifest.json").write_text(finished.replace('"complete": true', '"complete": false'))
     assert capture_activations(config, model).new_tokens == 0
     assert (tmp_path / "manifest.json").read_text() == finished
+
+
+def test_second_capture_into_a_busy_folder_is_refused_and_a_dead_holder_does_not_block(
+    model, small_config, tmp_path
+) -> None:
+    config = small_config(tmp_path / "cache")
+    first = subprocess.Popen([sys.executable, "-c", SLOW_CLI, str(SCRIPT), *_argv(config)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)  # fmt: skip
+    try:
+        _wait_for_listed_shard(tmp_path / "cache" / "manifest.json", first)  # it now sleeps, holding the lock
+        before = {p.name: p.read_bytes() for p in (tmp_path / "cache").iterdir()}
+        with pytest.raises(FolderLockedError, match=rf"activation cache '.*cache' is in use by pid {first.pid} on "
+                           r".* since .*capture_activations\.py"):  # fmt: skip
+            capture_activations(config, model)
+        assert {p.name: p.read_bytes() for p in (tmp_path / "cache").iterdir()} == before  # the first is intact
+        assert open_cache(tmp_path / "cache", allow_incomplete=True).num_shards >= 1
+    finally:
+        first.send_signal(signal.SIGKILL)  # dies holding the lock; the kernel releases it
+        first.wait()
+    assert json.loads((tmp_path / "cache" / ".lock").read_text())["pid"] == first.pid  # the stale record is still there
+    assert capture_activations(config, model).manifest.complete
+    assert open_cache(tmp_path / "cache").manifest.total_tokens == 700

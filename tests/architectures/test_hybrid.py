@@ -96,7 +96,8 @@ def test_codes_properties(n: int, d_in: int, d_sae: int, k_frac: float, seed: in
     assert (codes >= 0).all()
     torch.testing.assert_close(sae.decode(codes), sae(x))
     sparse = sae.encode_sparse(x)
-    torch.testing.assert_close(sae.decode_sparse(sparse), sae(x))
+    # the sparse values are exact dot products summed in another order than the dense GEMM's
+    torch.testing.assert_close(sae.decode_sparse(sparse), sae(x), rtol=1e-5, atol=2e-6 * scale)
     dense_from_sparse = torch.zeros(n, d_sae).scatter(1, sparse.indices, sparse.values)
     torch.testing.assert_close(dense_from_sparse, codes)
 

@@ -1,23 +1,34 @@
-"""The sparse kernels give the same values and gradients as the dense autograd reference."""
+"""The sparse kernels against independent references: numpy float64 top-k and dot products,
+and the dense autograd twin for gradients."""
 
+import numpy as np
 import pytest
 import torch
 
 from hybrid_sae_ext.kernels import get_kernels
-from hybrid_sae_ext.kernels.sparse_ops import gathered_dot, scatter_matmul
+from hybrid_sae_ext.kernels.primitives import gather_sum, gathered_dot, scatter_matmul
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _problem(device: str, n: int = 48, d_in: int = 12, d_sae: int = 96, seed: int = 0):
+def _problem(device: str, n: int = 48, d_in: int = 12, d_sae: int = 96, seed: int = 0, dtype=torch.float64):
     gen = torch.Generator().manual_seed(seed)
-    make = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64).to(device)  # noqa: E731
+    make = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype)  # noqa: E731
     x = make(n, d_in).requires_grad_()
     W_enc = make(d_in, d_sae).requires_grad_()
     W_dec = make(d_sae, d_in).requires_grad_()
-    bias = make(d_sae)
+    bias = make(d_sae) * 4  # large: recovering pre as (pre + bias) - bias would lose precision
     dead = (torch.rand(d_sae, generator=gen) < 0.4).to(device)
     return x, W_enc, W_dec, bias, dead
+
+
+def _numpy_topk(scores: np.ndarray, k: int) -> np.ndarray:
+    """Reference selection: sort each row in numpy (stable), keep the k largest, ids ascending."""
+    return np.sort(np.argsort(-scores, axis=1, kind="stable")[:, :k], axis=1)
+
+
+def _reference_pre(x: torch.Tensor, W_enc: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().double().numpy() @ W_enc.detach().cpu().double().numpy()
 
 
 def _loss_and_grads(backend: str, device: str, k: int, k_aux: int):
@@ -29,34 +40,92 @@ def _loss_and_grads(backend: str, device: str, k: int, k_aux: int):
     if aux is not None:
         loss = loss + kernels.decode(aux.values, aux.indices, W_dec).pow(2).sum()
     grads = torch.autograd.grad(loss, [x, W_enc, W_dec])
-    return loss, grads, sel.indices
+    return loss, grads, sel, aux
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("k,k_aux", [(1, 0), (8, 0), (8, 5), (96, 3)])
 def test_sparse_matches_dense_values_and_gradients(device: str, k: int, k_aux: int) -> None:
-    loss_s, grads_s, idx_s = _loss_and_grads("sparse", device, k, k_aux)
-    loss_d, grads_d, idx_d = _loss_and_grads("dense", device, k, k_aux)
-    assert torch.equal(idx_s, idx_d)
+    loss_s, grads_s, sel_s, aux_s = _loss_and_grads("sparse", device, k, k_aux)
+    loss_d, grads_d, _, _ = _loss_and_grads("dense", device, k, k_aux)
+    x, W_enc, _, bias, dead = _problem(device)
+    pre = _reference_pre(x, W_enc)
+    expected = _numpy_topk(pre + bias.cpu().numpy(), k)
+    np.testing.assert_array_equal(sel_s.indices.cpu().numpy(), expected)
+    np.testing.assert_allclose(sel_s.values.detach().cpu().numpy(), np.take_along_axis(pre, expected, 1), rtol=1e-12)
+    if k_aux:
+        masked = np.where(dead.cpu().numpy(), pre, -np.inf)
+        np.testing.assert_array_equal(aux_s.indices.cpu().numpy(), _numpy_topk(masked, k_aux))
     torch.testing.assert_close(loss_s, loss_d)
     for g_s, g_d in zip(grads_s, grads_d):
         torch.testing.assert_close(g_s, g_d)
 
 
-def test_selection_is_topk_of_biased_scores_sorted_per_row() -> None:
-    x, W_enc, _, bias, _ = _problem("cpu")
-    sel, aux = get_kernels("sparse").encode(x, W_enc, bias, 5)
-    assert aux is None
-    scores = (x @ W_enc + bias).detach()
-    expected = scores.topk(5, dim=-1).indices.sort(dim=-1).values
-    assert torch.equal(sel.indices, expected)
-    torch.testing.assert_close(sel.values, (x @ W_enc).gather(1, sel.indices))
+@pytest.mark.parametrize("selection_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_selected_values_are_exact_dot_products(dtype: torch.dtype, selection_dtype: str) -> None:
+    """Values are x . W_enc[:, i] accumulated in fp32 and rounded once to the storage dtype, not
+    recovered from biased scores as (pre + bias) - bias (error ~ ulp(bias), large with this bias)."""
+    d_in = 64
+    x, W_enc, _, bias, _ = _problem("cpu", n=64, d_in=d_in, d_sae=128, dtype=dtype)
+    bias = bias.float() * 1e6
+    sel, _ = get_kernels("sparse").encode(x, W_enc, bias, 8, selection_dtype=selection_dtype)
+    reference = np.take_along_axis(_reference_pre(x, W_enc), sel.indices.numpy(), 1)
+    error = np.abs(sel.values.detach().double().numpy() - reference)
+    abs_terms = np.abs(x.detach().double().numpy()) @ np.abs(W_enc.detach().double().numpy())
+    fp32_sum_error = d_in * 2**-24 * np.take_along_axis(abs_terms, sel.indices.numpy(), 1)
+    bound = np.abs(reference) * torch.finfo(dtype).eps / 2 + fp32_sum_error
+    assert (error <= bound * 1.01).all(), error.max()
 
 
-def test_aux_selection_only_picks_masked_latents() -> None:
-    x, W_enc, _, bias, dead = _problem("cpu")
-    _, aux = get_kernels("sparse").encode(x, W_enc, bias, 4, dead, 6)
+def test_bfloat16_selection_rescores_near_ties_exactly() -> None:
+    """Six latents within 1e-3 of each other (bf16 cannot tell them apart): the exact rescoring
+    of the top k + margin candidates must still pick the four largest, as fp32 does."""
+    d_in, d_sae, k = 4, 64, 4
+    x = torch.zeros(3, d_in)
+    x[:, 0] = 1.0
+    W_enc = torch.full((d_in, d_sae), -5.0)
+    tied = torch.tensor([3, 17, 30, 41, 52, 60])
+    W_enc[0, tied] = 1.0 + 1e-3 * torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    bias = torch.zeros(d_sae)
+    for dtype in ("float32", "bfloat16"):
+        sel, _ = get_kernels("sparse").encode(x, W_enc, bias, k, selection_dtype=dtype)
+        assert sel.indices.tolist() == [[3, 17, 30, 41]] * 3, dtype
+        torch.testing.assert_close(sel.values, W_enc[0, tied[:4]].expand(3, -1), rtol=0, atol=0)
+
+
+def test_bfloat16_selection_agrees_with_exact_away_from_ties() -> None:
+    x, W_enc, _, bias, dead = _problem("cpu", n=256, d_in=64, d_sae=512, dtype=torch.float32)
+    sel, aux = get_kernels("sparse").encode(x, W_enc, bias, 16, dead, 8, selection_dtype="bfloat16")
+    scores = _reference_pre(x, W_enc) + bias.numpy()
+    expected = _numpy_topk(scores, 16)
+    gap = -np.diff(np.sort(scores, axis=1)[:, ::-1][:, 15:17], axis=1)[:, 0]
+    clear = gap > 1e-4
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(sel.indices.numpy()[clear], expected[clear])
     assert aux is not None and dead[aux.indices].all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_encode_decode_trains(dtype: torch.dtype) -> None:
+    """bf16/fp16 storage runs forward and backward (sparse_sampled_addmm has no bf16 on CPU) and
+    gives gradients close to the float64 ones of the same rounded inputs."""
+    x, W_enc, W_dec, bias, dead = _problem("cpu", dtype=dtype)
+    kernels = get_kernels("sparse")
+    sel, aux = kernels.encode(x, W_enc, bias, 8, dead, 4)
+    loss = kernels.decode(torch.relu(sel.values), sel.indices, W_dec).float().pow(2).sum()
+    loss = loss + kernels.decode(aux.values, aux.indices, W_dec).float().pow(2).sum()
+    grads = torch.autograd.grad(loss, [x, W_enc, W_dec])
+    x64, W_enc64, W_dec64 = (t.detach().double().requires_grad_() for t in (x, W_enc, W_dec))
+    ref_loss = (torch.relu(x64 @ W_enc64).gather(1, sel.indices) * 0).sum()  # keeps the graph connected
+    codes = torch.zeros(x.shape[0], W_dec.shape[0], dtype=torch.float64)
+    codes = codes.scatter(1, sel.indices, torch.relu((x64 @ W_enc64).gather(1, sel.indices)))
+    aux_codes = torch.zeros_like(codes).scatter(1, aux.indices, (x64 @ W_enc64).gather(1, aux.indices))
+    ref_loss = ref_loss + (codes @ W_dec64).pow(2).sum() + (aux_codes @ W_dec64).pow(2).sum()
+    ref_grads = torch.autograd.grad(ref_loss, [x64, W_enc64, W_dec64])
+    for name, g, ref in zip(("x", "W_enc", "W_dec"), grads, ref_grads):
+        assert g.dtype == dtype, name
+        assert (g.double() - ref).abs().max() <= 0.02 * ref.abs().max(), name
 
 
 def test_primitives_against_einsum() -> None:
@@ -64,9 +133,40 @@ def test_primitives_against_einsum() -> None:
     rows, table = torch.randn(10, 7, generator=gen), torch.randn(30, 7, generator=gen)
     idx = torch.randint(0, 30, (10, 4), generator=gen).sort(dim=-1).values
     vals = torch.randn(10, 4, generator=gen)
-    torch.testing.assert_close(gathered_dot(rows, table, idx), torch.einsum("nd,nkd->nk", rows, table[idx]))
+    torch.testing.assert_close(gathered_dot(rows, table.t(), idx), torch.einsum("nd,nkd->nk", rows, table[idx]))
     expected = torch.zeros(30, 7).index_add_(0, idx.reshape(-1), (vals[..., None] * rows[:, None]).reshape(-1, 7))
     torch.testing.assert_close(scatter_matmul(vals, idx, rows, 30), expected)
+    torch.testing.assert_close(gather_sum(vals, idx, table), torch.einsum("nk,nkd->nd", vals, table[idx]))
+
+
+def test_primitives_accumulate_bfloat16_in_float32() -> None:
+    """Long bf16 sums: fp32 accumulation is within one bf16 rounding of the float64 truth; bf16
+    accumulation (each partial sum rounded) would be off by many units."""
+    gen = torch.Generator().manual_seed(2)
+    n, d, m = 512, 256, 4
+    rows = torch.rand(n, d, generator=gen).bfloat16()
+    table = torch.rand(m, d, generator=gen).bfloat16()
+    idx = torch.randint(0, m, (n, 2), generator=gen).sort(dim=-1).values
+    vals = torch.rand(n, 2, generator=gen).bfloat16()
+    dot = gathered_dot(rows, table.t(), idx)
+    assert dot.dtype == torch.float32
+    ref_dot = torch.einsum("nd,nkd->nk", rows.double(), table.double()[idx])
+    assert ((dot.double() - ref_dot).abs() <= 1e-5 * ref_dot.abs()).all()
+    out = scatter_matmul(vals, idx, rows, m)
+    ref = torch.zeros(m, d, dtype=torch.float64).index_add_(
+        0, idx.reshape(-1), (vals.double()[..., None] * rows.double()[:, None]).reshape(-1, d)
+    )
+    assert out.dtype == torch.bfloat16
+    assert ((out.double() - ref).abs() <= ref.abs() * 2**-8 * 1.01).all()
+    decoded = gather_sum(vals, idx, table)
+    ref_decoded = torch.einsum("nk,nkd->nd", vals.double(), table.double()[idx])
+    assert ((decoded.double() - ref_decoded).abs() <= ref_decoded.abs() * 2**-8 * 1.01).all()
+
+
+def test_bad_selection_dtype_is_named() -> None:
+    x, W_enc, _, bias, _ = _problem("cpu")
+    with pytest.raises(ValueError, match="'float8'.*auto"):
+        get_kernels("sparse").encode(x, W_enc, bias, 4, selection_dtype="float8")
 
 
 def test_unknown_backend_is_named() -> None:

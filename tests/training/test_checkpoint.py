@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
 import signal
 import subprocess
@@ -116,6 +117,62 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: py
     assert {p.name: p.read_bytes() for p in good[0].iterdir()} == good_bytes
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
     assert CheckpointManager(tmp_path).load_latest().step == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 1 MiB filesystem (tmpfs), mounted for this test; skipped where mounting is not allowed."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; the faked-ENOSPC test above still runs")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)]
+    mounted = subprocess.run(command, capture_output=True, text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave_bytes: int) -> None:
+    """Fill the filesystem, then free ``leave_bytes``: too little for the next checkpoint's weights."""
+    with open(disk / "filler", "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+    os.truncate(disk / "filler", (disk / "filler").stat().st_size - leave_bytes)
+
+
+def test_real_full_disk_keeps_the_previous_checkpoint_and_no_temporary(small_disk: Path) -> None:
+    ckpt = small_disk / "ckpt"
+    run = trainer(config(ckpt))
+    run.train_step()
+    run.save_checkpoint()
+    good = CheckpointManager(ckpt).checkpoints()
+    good_bytes = {p.name: p.read_bytes() for p in good[0].iterdir()}
+    _fill(small_disk, leave_bytes=4096)
+    run.train_step()
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*step-000000002: .*No space left on device"
+                       r".*previous checkpoint .*step-000000001 is intact"):  # fmt: skip
+        run.save_checkpoint()  # safetensors raises SafetensorError here, not OSError
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step-000000001"]  # no .tmp-step-* left behind
+    assert {p.name: p.read_bytes() for p in good[0].iterdir()} == good_bytes
+    assert CheckpointManager(ckpt).load_latest().step == 1
+
+
+def test_checkpoint_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    run = trainer(config(tmp_path))
+    run.train_step()
+    run.save_checkpoint()
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in CheckpointManager(tmp_path).checkpoints()[0].iterdir()}
+    assert modes == dict.fromkeys([SAE_FILE, TENSORS_FILE, STATE_FILE, "manifest.json"], 0o666 & ~mask)
 
 
 def test_checkpoint_for_another_shape_is_a_clear_error(tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ TRAIN_ARGS = [
 def _env(tmp: Path) -> dict[str, str]:
     """One thread (faster on small shared CPUs, same float reduction order in every run); wandb kept in tmp."""
     wandb = {name: str(tmp / "wandb-home") for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")}
-    return {**os.environ, **wandb, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp)}
+    return {**os.environ, **wandb, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp),
+            "PYTHONPATH": str(SCRIPT.parents[1])}  # this checkout's package, not another installed copy
 
 
 def _cli(tmp: Path, *args: str) -> list[str]:
@@ -87,7 +88,7 @@ def _wait_for_checkpoint(directory: Path, process: subprocess.Popen, step: int, 
     raise AssertionError(f"the CLI wrote no checkpoint of step {step} in time")
 
 
-def test_killed_run_resumes_to_the_uninterrupted_weights(reference: Path) -> None:
+def test_killed_run_resumes_to_the_uninterrupted_weights(reference: Path, capsys: pytest.CaptureFixture) -> None:
     tmp = reference.parent / "killed"
     tmp.mkdir()
     args = ("--out", str(tmp / "out"), "--checkpoint_dir", str(tmp / "ckpt"), "--checkpoint_every", "1",
@@ -100,10 +101,11 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(reference: Path) -> Non
     finally:
         process.send_signal(signal.SIGKILL)  # mid-step or mid-checkpoint, wherever it is now
         process.communicate()
-    assert newest < f"step-{STEPS:09d}" and not (tmp / "out").exists(), "the run finished before the kill"
+    assert newest < f"step-{STEPS:09d}" and not (tmp / "out" / "cfg.json").exists(), "the run finished before the kill"
 
-    with pytest.raises(SystemExit, match=r"already holds checkpoints .*pass --resume to continue"):
+    with pytest.raises(SystemExit):  # the killed run's locks were released by its death
         main(_cli(tmp, *args)[2:])  # a fresh run would prune its own new checkpoints first
+    assert re.search(r"already holds checkpoints .*pass --resume to continue", capsys.readouterr().err)
 
     resumed = subprocess.run(
         _cli(tmp, *args, "--resume"), env=_env(tmp), capture_output=True, text=True, timeout=240, check=False
@@ -138,12 +140,101 @@ def _foreign_cache(directory: Path) -> Path:
         (["--batch_size", "512", "--grad_accum_steps", "3"], False, r"grad_accum_steps=3 must divide batch_size=512"),
     ],
 )
-def test_bad_input_stops_before_training(tmp_path: Path, args: list[str], foreign_cache: bool, message: str) -> None:
+def test_bad_input_stops_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], foreign_cache: bool, message: str
+) -> None:
     cache = _foreign_cache(tmp_path / "cache") if foreign_cache else tmp_path / "cache"
     argv = ["--cache_dir", str(cache), "--out", str(tmp_path / "out"), "--tokens", "1000", "--progress_bar", "false"]
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, *args])
-    assert isinstance(exit_info.value.code, str)  # a message: the interpreter exits with status 1
-    assert exit_info.value.code.startswith("error: ") and re.search(message, exit_info.value.code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and re.search(message, err), err
     assert not (tmp_path / "out").exists()
     assert cache.exists() == foreign_cache  # nothing was captured
+
+
+def _quick(reference: Path, tmp: Path, *args: str) -> list[str]:
+    """In-process arguments for a 2-step run on the reference's cache (a second or so)."""
+    return [*_cli(tmp, "--total_steps", "2", "--lr_decay_steps", "0", "--eval_batches", "0", *args)[2:]]
+
+
+def test_overwrite_replaces_every_file_of_the_old_sae(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("cfg.json", "sae_weights.safetensors", "eval.json", "splice_eval.json"):
+        (out / name).write_bytes((reference / "out" / name).read_bytes() if name != "splice_eval.json" else b"{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit):
+        main(_quick(reference, tmp_path, "--out", str(out)))
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused: nothing touched
+
+    main(_quick(reference, tmp_path, "--out", str(out), "--overwrite", "--d_sae", "128"))
+    files = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert files == {"cfg.json", "sae_weights.safetensors"}  # the old run's evaluations are gone, not mixed in
+    assert SAE.load_from_disk(str(out)).cfg.d_sae == 128
+    for name in files:  # the usual permissions (0666 less the umask), not mkstemp's/safetensors' 0600
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~_umask(), name
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_resume_with_changed_settings_is_refused_unless_allowed(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ckpt = ["--checkpoint_dir", str(tmp_path / "ckpt"), "--checkpoint_every", "1"]
+    main(_quick(reference, tmp_path, "--out", str(tmp_path / "a"), *ckpt))
+    capsys.readouterr()
+    changed = ["-k", "4", "--lr", "1e-3", "--resume", "--out", str(tmp_path / "b"), *ckpt]
+    with pytest.raises(SystemExit):
+        main(_quick(reference, tmp_path, *changed))
+    err = capsys.readouterr().err
+    assert re.search(r"ckpt: this run's config differs from the checkpoint's \(k: 8 -> 4; lr: 0\.003 -> 0\.001\)"
+                     r".*--allow_config_change", err), err  # fmt: skip
+    assert not (tmp_path / "b").exists()
+
+    main(_quick(reference, tmp_path, *changed, "--total_steps", "3", "--allow_config_change"))
+    stdout = capsys.readouterr().out
+    assert "settings changed since the checkpoint: k: 8 -> 4; lr: 0.003 -> 0.001; total_steps: 2 -> 3" in stdout
+    assert "resumed from" in stdout and (tmp_path / "b" / "cfg.json").exists()
+
+
+def _holder(lock: Path) -> dict | None:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_second_training_on_a_busy_checkpoint_dir_is_refused(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["--checkpoint_dir", str(tmp_path / "ckpt"), "--checkpoint_every", "1", "--eval_batches", "0"]
+    first_args = ["--out", str(tmp_path / "first"), *args, "--total_steps", "5", "--lr_decay_steps", "0"]
+    first = subprocess.Popen(_cli(tmp_path, *first_args), env=_env(tmp_path),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while (_holder(tmp_path / "ckpt" / ".lock") or {}).get("pid") != first.pid:
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-2000:]
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)  # hold it mid-run, whatever the machine's speed
+        with pytest.raises(SystemExit):
+            main(_quick(reference, tmp_path, "--out", str(tmp_path / "second"), *args, "--resume"))
+        err = capsys.readouterr().err
+        holder = rf"checkpoint folder '.*ckpt' is in use by pid {first.pid} on .*train_hybrid_sae\.py"
+        assert re.search(holder, err), err
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, stderr = first.communicate(timeout=240)
+    assert first.returncode == 0, stderr[-3000:]
+    assert not (tmp_path / "second").exists()
+    assert max(p.name for p in (tmp_path / "ckpt").glob("step-*")) == f"step-{5:09d}"
+    assert SAE.load_from_disk(str(tmp_path / "first")).cfg.d_sae == 256

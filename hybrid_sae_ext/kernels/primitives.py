@@ -1,0 +1,97 @@
+"""The three sparse products every top-k SAE step needs, accumulated in fp32 whatever the storage dtype.
+
+* ``gather_sum``: the sparse decode (and the encoder's input gradient),
+* ``gathered_dot``: selected dot products (the code gradient and the exact encoder values),
+* ``scatter_matmul``: the weight gradients of encoder and decoder.
+
+On CPU (and on CUDA without Triton) they are plain PyTorch sparse ops; on CUDA with Triton
+installed they run the kernels in ``triton_ops`` (deterministic, no float atomics). The PyTorch
+path is the reference the Triton kernels are tested against.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+# CSR tensors are only a transient index pattern for ``sampled_addmm`` here.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def use_triton(*tensors: Tensor) -> bool:
+    """The Triton kernels run only on CUDA tensors of fp32/bf16/fp16, and only when Triton is installed."""
+    return _HAS_TRITON and all(t.is_cuda and t.dtype in TRITON_DTYPES for t in tensors)
+
+
+def accumulation_dtype(*tensors: Tensor) -> torch.dtype:
+    """fp32 for bf16/fp16 storage, the widest input dtype otherwise."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+def gathered_dot(
+    rows: Float[Tensor, "n d"], columns: Float[Tensor, "d m"], indices: Int[Tensor, "n k"]
+) -> Float[Tensor, "n k"]:
+    """``out[i, j] = rows[i] . columns[:, indices[i, j]]`` (fp32 or wider), never gathering ``n x k x d``."""
+    if use_triton(rows, columns):
+        from hybrid_sae_ext.kernels import triton_ops
+
+        return triton_ops.gathered_dot(rows, columns, indices)
+    dtype = accumulation_dtype(rows, columns)
+    n, k = indices.shape
+    crow = torch.arange(0, n * k + 1, k, device=indices.device, dtype=torch.int64)
+    pattern = torch.sparse_csr_tensor(
+        crow, indices.reshape(-1), rows.new_zeros(n * k, dtype=dtype), (n, columns.shape[1]),
+        check_invariants=False,
+    )
+    product = torch.sparse.sampled_addmm(pattern, rows.to(dtype), columns.to(dtype), beta=0.0)
+    return product.values().view(indices.shape)
+
+
+def scatter_matmul(
+    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], rows: Float[Tensor, "n d"], n_out: int
+) -> Float[Tensor, "m d"]:
+    """``S^T @ rows`` for the sparse ``n x m`` matrix ``S`` with ``values`` at ``indices``, in ``rows.dtype``.
+
+    This is the weight gradient of both the encoder and the decoder; duplicate indices add up.
+    """
+    if use_triton(values, rows):
+        from hybrid_sae_ext.kernels import triton_ops
+
+        return triton_ops.scatter_matmul(values, indices, rows, n_out)
+    dtype = accumulation_dtype(values, rows)
+    n, k = indices.shape
+    token = torch.arange(n, device=indices.device).repeat_interleave(k)
+    s_transposed = torch.sparse_coo_tensor(
+        torch.stack([indices.reshape(-1), token]), values.reshape(-1).to(dtype), (n_out, n),
+        check_invariants=False,
+    )
+    return torch.sparse.mm(s_transposed, rows.to(dtype)).to(rows.dtype)
+
+
+def gather_sum(
+    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], table: Float[Tensor, "m d"]
+) -> Float[Tensor, "n d"]:
+    """``out[i] = sum_j values[i, j] * table[indices[i, j]]`` in ``table.dtype`` (the sparse decode).
+
+    The Triton kernel reads a strided ``table`` in place; the PyTorch path copies it contiguous.
+    ``embedding_bag`` accumulates bf16/fp16 in fp32 on CPU and CUDA (checked in the tests).
+    """
+    if use_triton(values, table):
+        from hybrid_sae_ext.kernels import triton_ops
+
+        return triton_ops.gather_sum(values, indices, table)
+    # embedding_bag is ~10x slower on a strided table (e.g. W_enc.t()) than copy + contiguous call
+    return F.embedding_bag(indices, table.contiguous(), per_sample_weights=values.to(table.dtype), mode="sum")

@@ -1,0 +1,33 @@
+"""Build feature dashboards for every latent of a saved SAE: statistics, a static site and exports.
+
+Example (the main job's SAE, the embedded corpus, offline)::
+
+    python scripts/build_dashboards.py --sae_path results/hybrid-tiny-lm --out results/dashboards --tokens 500000
+
+The model and hook come from the SAE's cfg.json metadata. A killed build resumes when run again with the
+same arguments. Open ``<out>/site/index.html`` in a browser; exports are in ``<out>/exports``.
+"""
+
+from __future__ import annotations
+
+import simple_parsing
+
+from hybrid_sae_ext.dashboards.build import build_dashboards
+from hybrid_sae_ext.dashboards.config import DashboardConfig
+from hybrid_sae_ext.models import ModelUnavailableError
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cfg = simple_parsing.parse(DashboardConfig, args=argv)
+        report = build_dashboards(cfg)
+    except (ValueError, ModelUnavailableError) as err:
+        raise SystemExit(f"error: {err}") from None
+    assert report is not None
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    print(f"dashboards for {report.d_sae} latents over {report.tokens:,} tokens in {report.out} ({times})")
+    print(f"open {report.out / 'site' / 'index.html'}")
+
+
+if __name__ == "__main__":
+    main()

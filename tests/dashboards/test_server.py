@@ -1,0 +1,85 @@
+"""The live demo's API in-process (FastAPI's TestClient): answers checked against direct tensor math,
+and every kind of bad request answered with a 4xx and a message while the server keeps working."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from hybrid_sae_ext.dashboards.live import MAX_TEXT_CHARS, LiveModel
+from hybrid_sae_ext.dashboards.server import create_app
+from hybrid_sae_ext.dashboards.source import load_source
+from tests.dashboards.conftest import TEXT
+
+
+@pytest.fixture(scope="module")
+def client(hybrid_sae_path: Path, hybrid_dashboards: Path) -> TestClient:
+    return TestClient(create_app(LiveModel(load_source(hybrid_sae_path)), hybrid_dashboards))
+
+
+def test_activations_match_a_direct_encode(client: TestClient, reference: Callable) -> None:
+    strings, codes = reference(TEXT)
+    latent = int(codes.sum(0).argmax())
+    answer = client.post("/api/activations", json={"text": TEXT, "feature": latent, "top_k": 3}).json()
+    assert answer["tokens"] == strings
+    torch.testing.assert_close(torch.tensor(answer["values"]), codes[:, latent], atol=1e-4, rtol=0)
+    for position, features in enumerate(answer["features"]):
+        top = torch.topk(codes[position], 3)
+        assert [f["feature"] for f in features] == [int(i) for i, v in zip(top.indices, top.values) if v > 0]
+
+
+def test_search_ranks_latents_by_total_activation(client: TestClient, reference: Callable) -> None:
+    _, codes = reference(TEXT)
+    found = client.post("/api/search", json={"text": TEXT, "top": 5}).json()["features"]
+    assert [f["feature"] for f in found] == torch.argsort(codes.sum(0), descending=True)[:5].tolist()
+
+
+def test_steering_at_strength_zero_is_the_default_completion(client: TestClient) -> None:
+    request = {"text": TEXT, "feature": 3, "max_new_tokens": 12, "seed": 7}
+    zero = client.post("/api/steer", json={**request, "strength": 0.0}).json()
+    assert zero["steered"] == zero["default"]
+    strong = client.post("/api/steer", json={**request, "strength": 40.0}).json()
+    assert strong["default"] == zero["default"] and strong["steered"] != strong["default"]
+    clamped = client.post("/api/steer", json={**request, "strength": 40.0, "mode": "clamp"}).json()
+    assert clamped["steered"] != clamped["default"]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "message"), [
+    ("/api/activations", {"text": 5}, 422, "text: Input should be a valid string"),
+    ("/api/activations", {"text": "x" * (MAX_TEXT_CHARS + 1)}, 422, f"at most {MAX_TEXT_CHARS} characters"),
+    ("/api/activations", {"text": "word " * 200}, 400, "tokens; the model's context is 128"),
+    ("/api/activations", {"text": "   "}, 400, "text is empty"),
+    ("/api/activations", {"text": "a", "feature": 48}, 400, "unknown latent 48; this SAE has latents 0..47"),
+    ("/api/activations", {"text": "a", "feature": "3"}, 422, "feature: Input should be a valid integer"),
+    ("/api/activations", {"text": "a", "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+    ("/api/search", {"text": "a", "top": 0}, 422, "top: Input should be greater than or equal to 1"),
+    ("/api/steer", {"text": "a", "feature": 1, "strength": 1e6}, 422, "strength: Input should be less than or equal to 1000"),
+    ("/api/steer", {"text": "a", "feature": 1, "strength": 1, "mode": "boost"}, 422, "mode: Input should be 'add' or 'clamp'"),
+    ("/api/steer", {"text": "a", "feature": 1, "strength": 1, "max_new_tokens": 500}, 422, "max_new_tokens"),
+    ("/api/steer", {"text": "a", "feature": 99, "strength": 1}, 400, "unknown latent 99"),
+])
+def test_bad_requests_get_a_4xx_with_a_message(client: TestClient, path: str, body: object, status: int,
+                                                 message: str) -> None:
+    response = client.post(path, json=body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_oversized_and_malformed_bodies_are_refused(client: TestClient) -> None:
+    big = client.post("/api/activations", content=b"{" + b" " * 70_000 + b"}", headers={"content-type": "application/json"})
+    assert big.status_code == 413 and "request body over 65536 bytes" in big.json()["error"]
+    broken = client.post("/api/activations", content=b"{not json", headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and "JSON decode error" in broken.json()["error"]
+    assert client.post("/api/activations", json={"text": "ok"}).status_code == 200
+
+
+def test_pages_are_served(client: TestClient) -> None:
+    assert "Live SAE demo" in client.get("/").text
+    assert client.get("/dashboards/index.html").status_code == 200
+    assert client.get("/dashboards/latents/00003.html").status_code == 200
+    assert client.get("/dashboards/../cfg.json").status_code == 404
