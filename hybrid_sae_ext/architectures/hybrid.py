@@ -11,6 +11,16 @@ Training keeps everything after the top-k selection at ``batch x k`` (see ``hybr
 and uses: MSE, the gated auxiliary reconstruction through ``relu(pi_gate)`` with a detached
 decoder (so the gate threshold learns), an optional L1 on the gate, and AuxK for dead latents
 (Gao et al. 2024). The decoder is used with unit-norm rows during training and saved that way.
+
+Dead latents: AuxK takes, per token, the top-``k_aux`` dead latents by ``pre`` (not ``pi_gate``,
+so a latent shut by a very negative ``b_gate`` is still found) and trains their encoder and decoder
+on the detached residual ``r = x - x_hat``. The gated auxiliary loss also reaches their gates: it
+adds ``sum_dead (sg(pre_i) + b_gate_i - r . sg(d_i))^2``, so each dead latent's ``pi_gate`` learns
+the residual's component along its own decoder row (positive where the latent would help). Why: a
+closed gate (``pi_gate <= 0``) gets no gradient from any other term, so a latent shut by a very
+negative ``b_gate`` would stay shut for ever. Only ``b_gate`` learns from this term, and each gate
+only from its own error (no cross terms, so one far-off gate cannot swing the others). Under Adam
+a bias moves about ``lr`` per step: climbing from ``b_gate = -100`` takes about ``100 / lr`` steps.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from sae_lens.saes.sae import (
 )
 
 from hybrid_sae_ext.kernels import KERNEL_BACKENDS, TopKSelection, get_kernels
+from hybrid_sae_ext.kernels.primitives import gathered_dot
 from hybrid_sae_ext.kernels.selection import SELECTION_DTYPES, select_topk
 
 # Normalizations applied inside the SAE's forward would put the AuxK residual and the MSE target
@@ -198,10 +209,19 @@ class _HybridMixin:
         return sae_in.reshape(-1, self.cfg.d_in)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.shape[-1] != self.cfg.d_in:
+        """Runs before SAELens' ``process_sae_in``, so hook_z inputs still have ``[..., n_heads, d_head]``."""
+        if getattr(self, "hook_z_reshaping_mode", False):
+            if x.ndim < 2 or x.shape[-2] * x.shape[-1] != self.cfg.d_in:
+                raise ValueError(
+                    f"hook_z input has shape {tuple(x.shape)} but this SAE needs [..., n_heads, d_head] "
+                    f"with n_heads * d_head = d_in={self.cfg.d_in}"
+                )
+        elif x.shape[-1] != self.cfg.d_in:
             raise ValueError(
                 f"input has last dimension {x.shape[-1]} but this SAE has d_in={self.cfg.d_in}"
             )
+        if x.numel() == 0:
+            raise ValueError(f"input has shape {tuple(x.shape)}: an empty batch; need at least one token")
         if not torch.isfinite(x).all():
             raise ValueError("input activations contain NaN or Inf; refusing to encode them")
 
@@ -288,13 +308,23 @@ class HybridSAE(_HybridMixin, SAE[HybridSAEConfig]):
     @override
     @torch.no_grad()
     def fold_W_dec_norm(self) -> None:
-        """Only a no-op is safe: rescaling latents would change which ones win the top-k."""
+        """Fold a decoder norm shared by all latents (e.g. after ``fold_activation_norm_scaling_factor``).
+
+        Scaling ``W_enc``, ``b_gate`` and ``b_mag`` by the common norm ``c`` scales every ``pi_gate`` and
+        every code by ``c > 0``, so the top-k, the open gates and the reconstruction are unchanged.
+        Per-latent norms would reorder the top-k, so they are refused.
+        """
         norms = self.get_W_dec_norm()
-        if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
+        common = norms.mean()
+        if not torch.allclose(norms, common.expand_as(norms), rtol=1e-4, atol=0.0):
             raise NotImplementedError(
-                "Folding decoder norms into a HybridSAE would change its top-k selection; "
-                "hybrid SAEs are saved with unit-norm decoder rows instead."
+                "Folding decoder norms into a HybridSAE would change its top-k selection; decoder row "
+                f"norms range from {norms.min().item():.6g} to {norms.max().item():.6g}, and only a norm "
+                "shared by all latents can be folded. Hybrid SAEs are saved with unit-norm decoder rows."
             )
+        self.W_dec.data.div_(common)
+        for param in (self.W_enc, self.b_gate, self.b_mag):
+            param.data.mul_(common)
 
 
 class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
@@ -378,6 +408,9 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
             aux_recon = kernels.decode(aux.values, aux.indices, rows)
             scale = min(n_dead / self.cfg.effective_k_aux, 1.0)
             aux_k = self.cfg.aux_k_coefficient * scale * (aux_recon - residual).pow(2).sum(-1).mean()
+            dead_gate = aux.values.detach() + self.b_gate[aux.indices]
+            along_row = gathered_dot(residual, rows.detach().t(), aux.indices)
+            gate_aux = gate_aux + self.cfg.gate_aux_coefficient * (dead_gate - along_row).pow(2).sum(-1).mean()
 
         losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k)
         return HybridTrainOutput(losses, sae_out, SparseCodes(values, sel.indices))

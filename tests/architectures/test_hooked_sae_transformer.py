@@ -1,11 +1,18 @@
 """A HybridSAE splices into SAELens' HookedSAETransformer like any built-in SAE."""
 
 
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
 from hybrid_sae_ext import HybridSAE, HybridSAEConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hybrid_reference import leaf_params, reference_inference  # noqa: E402
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -22,7 +29,11 @@ def _model() -> HookedSAETransformer:
 def _sae() -> HybridSAE:
     cfg = HybridSAEConfig(d_in=32, d_sae=128, k=8)
     cfg.metadata.hook_name = HOOK
-    return HybridSAE(cfg)
+    sae = HybridSAE(cfg)
+    with torch.no_grad():  # away from the zero init, so a splice that drops any parameter shows
+        for param in (sae.b_dec, sae.b_gate, sae.r_mag, sae.b_mag):
+            param.normal_(0.0, 0.2)
+    return sae
 
 
 def test_run_with_saes_add_sae_reset_saes() -> None:
@@ -31,8 +42,16 @@ def test_run_with_saes_add_sae_reset_saes() -> None:
     clean = model(tokens)
 
     spliced = model.run_with_saes(tokens, saes=[sae])
-    assert not torch.allclose(spliced, clean)
     assert not model.acts_to_saes, "run_with_saes must leave the model clean"
+    # the splice must be exactly "replace the activation by the reference reconstruction"
+    params = leaf_params(sae)
+
+    def reference_splice(act: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
+        return reference_inference(params, act.reshape(-1, 32), 8)[1].reshape(act.shape).to(act.dtype)
+
+    by_hand = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, reference_splice)])
+    torch.testing.assert_close(spliced, by_hand, rtol=1e-4, atol=1e-4)
+    assert (spliced - clean).abs().max() > 1e-2
 
     _, cache = model.run_with_cache_with_saes(tokens, saes=[sae])
     acts = cache[f"{HOOK}.hook_sae_acts_post"]
@@ -55,3 +74,30 @@ def test_error_term_makes_splice_exact() -> None:
     model.add_sae(sae)
     assert not torch.allclose(model(tokens), clean)
     torch.testing.assert_close(with_error_term, clean, atol=1e-5, rtol=1e-5)
+
+
+def test_hook_z_sae_splices_on_attention_heads() -> None:
+    """``hook_z`` activations are ``[batch, pos, n_heads, d_head]``; SAELens flattens them when
+    ``reshape_activations="hook_z"`` and the hybrid's input check must let them through."""
+    model = _model()
+    hook = "blocks.0.attn.hook_z"
+    cfg = HybridSAEConfig(d_in=4 * 8, d_sae=64, k=6, reshape_activations="hook_z")
+    cfg.metadata.hook_name = hook
+    sae = HybridSAE(cfg)
+    tokens = torch.randint(0, 50, (2, 9))
+    _, clean_cache = model.run_with_cache(tokens)
+    z = clean_cache[hook]
+    assert z.shape == (2, 9, 4, 8)
+
+    _, cache = model.run_with_cache_with_saes(tokens, saes=[sae])
+    codes = cache[f"{hook}.hook_sae_acts_post"]
+    assert codes.shape == (2, 9, 64) and ((codes != 0).sum(-1) <= 6).all() and (codes != 0).any()
+    expected = reference_inference(leaf_params(sae), z.reshape(-1, 32), 6)[1].reshape(2, 9, 4, 8)
+    torch.testing.assert_close(cache[f"{hook}.hook_sae_output"].double(), expected, rtol=1e-4, atol=1e-5)
+
+    model.add_sae(sae, use_error_term=True)
+    with_error_term = model(tokens)
+    model.reset_saes()
+    torch.testing.assert_close(with_error_term, model(tokens), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"hook_z input has shape \(2, 9, 32\)"):
+        sae.encode(z.reshape(2, 9, 32))

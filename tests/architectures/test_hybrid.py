@@ -62,6 +62,17 @@ def test_bad_input_is_named() -> None:
         sae.encode(torch.full((2, 8), float("nan")))
 
 
+def test_empty_batch_is_refused_naming_its_shape() -> None:
+    """An empty batch used to give NaN losses (a mean over no tokens) without a word."""
+    sae = HybridSAE(d_model=8, n_features=32, k_sparse=4)
+    for call in (sae.encode, sae.encode_sparse, sae):
+        with pytest.raises(ValueError, match=r"shape \(0, 8\): an empty batch"):
+            call(torch.zeros(0, 8))
+    training = HybridTrainingSAE(HybridTrainingSAEConfig(d_in=8, d_sae=32, k=4))
+    with pytest.raises(ValueError, match=r"shape \(2, 0, 8\): an empty batch"):
+        training.hybrid_forward(torch.zeros(2, 0, 8), dead_mask=torch.ones(32, dtype=torch.bool))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(1, 12),
@@ -133,3 +144,64 @@ def test_training_and_inference_agree_after_saelens_save_load(tmp_path) -> None:
     torch.testing.assert_close(loaded.encode(x), sae.encode(x))
     loaded.fold_W_dec_norm()  # unit rows: a safe no-op
     torch.testing.assert_close(loaded(x), expected)
+
+
+def _randomized_inference_sae() -> HybridSAE:
+    torch.manual_seed(4)
+    sae = HybridSAE(HybridSAEConfig(d_in=8, d_sae=48, k=6, dtype="float64"))
+    with torch.no_grad():
+        sae.b_gate.normal_(-0.3, 0.3)
+        sae.b_mag.normal_(0.0, 0.3)
+        sae.r_mag.normal_(0.0, 0.3)
+        sae.b_dec.normal_(0.0, 0.2)
+    return sae
+
+
+def test_fold_W_dec_norm_folds_a_uniform_norm_and_refuses_per_latent_norms() -> None:
+    """After ``fold_activation_norm_scaling_factor`` every decoder row has norm 1 / scale: folding it
+    must keep the SAE's function (same top-k, same open gates), codes scaled by 1 / scale."""
+    sae, scale = _randomized_inference_sae(), 2.5
+    x = torch.randn(64, 8, dtype=torch.float64)
+    expected = sae(x * scale) / scale
+    codes_before = sae.encode(x * scale)
+    sae.fold_activation_norm_scaling_factor(scale)
+    sae.fold_W_dec_norm()
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(48, dtype=torch.float64))
+    torch.testing.assert_close(sae(x), expected)
+    codes = sae.encode(x)
+    assert torch.equal(codes != 0, codes_before != 0) and (codes != 0).any() and (codes == 0).any()
+    torch.testing.assert_close(codes, codes_before / scale)
+
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.linspace(0.5, 1.5, 48, dtype=torch.float64)[:, None])
+    with pytest.raises(NotImplementedError, match="norms range from 0.5 to 1.5"):
+        sae.fold_W_dec_norm()
+
+
+def test_a_gate_shut_by_b_gate_minus_100_reopens_during_training() -> None:
+    """A working latent is shut by ``b_gate = -100`` mid-training. Nothing but the dead-latent gate
+    term reaches a shut gate: without it ``b_gate`` stays at -100 and the latent never fires again.
+    SGD, whose step grows with the distance to the optimum (under Adam it would take ~100 / lr steps)."""
+    torch.manual_seed(0)
+    dictionary = torch.nn.functional.normalize(torch.randn(16, 8), dim=-1)
+    sae = HybridTrainingSAE(HybridTrainingSAEConfig(d_in=8, d_sae=16, k=4))
+    optimizer = torch.optim.SGD(sae.parameters(), lr=0.1)
+    steps_since_fired = torch.zeros(16)
+    fired_after = []
+    for step in range(200):
+        if step == 100:
+            with torch.no_grad():
+                sae.b_gate[0] = -100.0
+        x = (torch.rand(128, 16) * (torch.rand(128, 16) < 0.15)) @ dictionary
+        out = sae.hybrid_forward(x, dead_mask=steps_since_fired >= 5)
+        fired = torch.zeros(16, dtype=torch.bool)
+        fired[out.codes.indices[out.codes.values > 0]] = True
+        steps_since_fired = torch.where(fired, 0.0, steps_since_fired + 1)
+        if step >= 100:
+            fired_after.append(int((out.codes.indices[out.codes.values > 0] == 0).sum()))
+        optimizer.zero_grad()
+        out.losses.total().backward()
+        optimizer.step()
+    assert fired_after[0] == 0, "the shut latent must start shut"
+    assert sae.b_gate[0] > -1.0, f"b_gate of the shut latent only reached {sae.b_gate[0].item():.2f}"
+    assert sum(fired_after[-50:]) >= 50, f"the reopened latent fired on only {sum(fired_after[-50:])} tokens"

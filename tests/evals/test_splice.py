@@ -69,13 +69,44 @@ def test_zero_sae_recovers_nothing(model: HookedTransformer, tokens: torch.Tenso
     assert evaluate_sae(model, sae, tokens, batch_size=BATCH).ce_loss_recovered != pytest.approx(0.0, abs=1e-6)
 
 
+def _by_hand(model: HookedTransformer, sae: HybridSAE, batch: torch.Tensor) -> dict[str, float]:
+    """The splice metrics computed directly (no keep mask, nothing excluded), sharing no code with evals."""
+    with torch.no_grad():
+        clean_logits, cache = model.run_with_cache(batch, names_filter=HOOK)
+        x = cache[HOOK]
+        sae_logits = model.run_with_hooks(batch, fwd_hooks=[(HOOK, lambda act, hook: sae(act))])
+        zero_logits = model.run_with_hooks(batch, fwd_hooks=[(HOOK, lambda act, hook: torch.zeros_like(act))])
+        x_hat, codes = sae(x), sae.encode(x)
+
+    def ce(logits: torch.Tensor) -> float:
+        return float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten()))
+
+    def kl(logits: torch.Tensor) -> float:
+        p_log, q_log = clean_logits.log_softmax(-1), logits.log_softmax(-1)
+        return float((p_log.exp() * (p_log - q_log)).sum(-1).mean())
+
+    error = ((x - x_hat) ** 2).sum(-1)
+    return {
+        "ce_loss_clean": ce(clean_logits), "ce_loss_with_sae": ce(sae_logits), "ce_loss_zero_ablation": ce(zero_logits),
+        "kl_div_with_sae": kl(sae_logits), "kl_div_zero_ablation": kl(zero_logits),
+        "mse": float(error.mean()), "fvu": float(error.sum() / ((x - x.mean((0, 1))) ** 2).sum()),
+        "l0_mean": float((codes != 0).sum(-1).float().mean()),
+    }
+
+
 def test_random_hybrid_sae(model: HookedTransformer, tokens: torch.Tensor, tmp_path) -> None:
     torch.manual_seed(0)
     sae = HybridSAE(d_model=model.cfg.d_model, n_features=512, k_sparse=16)
     sae.cfg.metadata.hook_name = HOOK
-    result = evaluate_sae(model, sae, tokens, batch_size=BATCH, n_batches=1)
+    result = evaluate_sae(model, sae, tokens, batch_size=BATCH, n_batches=1, exclude_special_tokens=False)
     assert result.n_sequences == BATCH
-    assert result.ce_loss_recovered < 1.0 and result.kl_div_with_sae > 0
+    expected = _by_hand(model, sae, tokens[:BATCH])
+    for name, value in expected.items():
+        assert getattr(result, name) == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    recovered = (expected["ce_loss_zero_ablation"] - expected["ce_loss_with_sae"]) / (
+        expected["ce_loss_zero_ablation"] - expected["ce_loss_clean"])
+    assert result.ce_loss_recovered == pytest.approx(recovered, rel=1e-4)
+    assert result.kl_div_with_sae > 1e-3, "the random SAE must change the model, or the comparison above is vacuous"
     summary = result.summary()
     assert all(math.isfinite(value) for value in summary.values()), summary
     assert result.l0_mean <= 16 and len(result.l0_histogram) <= 17

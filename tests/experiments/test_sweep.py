@@ -45,8 +45,13 @@ def test_every_grid_point_is_measured(sweep: tuple[Path, dict[str, Any]]) -> Non
     got = {(p["n_features"], p["k"], p["tokens"]) for p in report["points"]}
     assert got == {(n, k, t) for n in WIDTHS for k in KS for t in BUDGETS}
     assert len(report["points"]) == len(got)
-    for p in report["points"]:
-        assert 0 < p["fvu"] < 1.5 and 0 < p["l0"] <= p["k"], p
+    for p in report["points"]:  # after 4 steps (2048 tokens) an SAE may still be worse than the mean (FVU 1)
+        assert 0 < p["fvu"] < 1.2 and 0 < p["l0"] <= p["k"], p
+    fvu = {(p["n_features"], p["k"], p["tokens"]): p["fvu"] for p in report["points"]}
+    for n in WIDTHS:
+        for k in KS:  # measured on this CPU: <= 0.73 at 16384 tokens, and 0.35 or more below its 2048-token FVU
+            assert fvu[n, k, BUDGETS[-1]] < 0.85, (n, k, fvu[n, k, BUDGETS[-1]])
+            assert fvu[n, k, BUDGETS[-1]] < fvu[n, k, BUDGETS[0]] - 0.15, (n, k, fvu[n, k, BUDGETS[0]], fvu[n, k, BUDGETS[-1]])
     assert report["heldout_rows"] == 2048 and report["train_rows"] == BUDGETS[-1]
     assert report["versions"]["torch"] == torch.__version__ and report["device"].startswith("cpu")
 
@@ -59,7 +64,11 @@ def test_fits_have_finite_exponents(sweep: tuple[Path, dict[str, Any]]) -> None:
         assert "error" not in law, law
         exponents = [name for name in law["params"] if name in ("alpha", "beta")]
         assert np.isfinite([law[key][name] for key in ("params", "ci_low", "ci_high") for name in exponents]).all()
+        for name in exponents:
+            assert law["ci_low"][name] <= law["params"][name] <= law["ci_high"][name], (name, law)
         assert np.isfinite(law["r_squared"])
+    for law in fits["n_per_k"].values():  # loss falls with width: a positive exponent that fits the points
+        assert law["params"]["alpha"] > 0 and law["r_squared"] > 0.8, law
     assert set(fits["joint_n_k"]["params"]) == {"a", "alpha", "beta", "c"}
 
 

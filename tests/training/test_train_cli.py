@@ -66,7 +66,9 @@ def test_cli_writes_a_saelens_sae_and_its_evaluation(reference: Path) -> None:
     evaluation = json.loads((out / "eval.json").read_text())
     assert evaluation["hook_name"] == HOOK and evaluation["n_sequences"] == 16
     assert evaluation["l0_mean"] <= 8 and math.isfinite(evaluation["ce_loss_recovered"])
-    assert evaluation["training"]["steps"] == STEPS and evaluation["training"]["tokens_per_second"] > 0
+    training = evaluation["training"]
+    assert training["steps"] == STEPS and training["tokens_this_run"] == STEPS * 1024 and training["seconds_this_run"] > 0
+    assert training["tokens_per_second"] == pytest.approx(training["tokens_this_run"] / training["seconds_this_run"])
 
 
 def test_wandb_offline_writes_a_run_folder(reference: Path) -> None:
