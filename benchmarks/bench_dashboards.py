@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from hybrid_sae_ext.dashboards.build import build_dashboards
 from hybrid_sae_ext.dashboards.config import DashboardConfig
 from hybrid_sae_ext.dashboards.live import LiveModel
+from hybrid_sae_ext.dashboards.serve import demo_process
 from hybrid_sae_ext.dashboards.source import corpus_rows, encode_firings, hook_activations, load_source
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
 from hybrid_sae_ext.measure import device_name
@@ -72,20 +70,7 @@ def api_latency(sae_path: str, dashboards: Path, repeats: int) -> dict[str, floa
         start = time.perf_counter()
         live.activations(text)
         in_process.append(time.perf_counter() - start)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, str(REPO / "scripts" / "serve_demo.py"), "--sae_path", sae_path,
-                               "--dashboards", str(dashboards), "--port", str(port)], cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with demo_process(sae_path, dashboards) as url:
         over_http = []
         with httpx.Client(base_url=url, timeout=30) as client:
             client.post("/api/activations", json={"text": text})  # warm-up
@@ -94,9 +79,6 @@ def api_latency(sae_path: str, dashboards: Path, repeats: int) -> dict[str, floa
                 response = client.post("/api/activations", json={"text": text})
                 over_http.append(time.perf_counter() - start)
                 assert response.status_code == 200 and len(response.json()["tokens"]) == TEXT_TOKENS - 1  # BOS not shown
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     return {"tokens": TEXT_TOKENS, "http_median_ms": 1000 * statistics.median(over_http),
             "http_p95_ms": 1000 * sorted(over_http)[int(0.95 * (repeats - 1))],
             "in_process_median_ms": 1000 * statistics.median(in_process)}
@@ -106,45 +88,28 @@ def screenshots(sae_path: str, dashboards: Path, folder: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     folder.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, str(REPO / "scripts" / "serve_demo.py"), "--sae_path", sae_path,
-                               "--dashboards", str(dashboards), "--port", str(port)], cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/lib/chromium/chromium", headless=True,
-                                        args=["--disable-gpu", "--disable-dev-shm-usage"])
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(f"{url}/dashboards/index.html")
-            page.click("th[data-key=density]")
-            page.screenshot(path=str(folder / "index.png"))
-            live = LiveModel(load_source(sae_path))
-            latent = live.search("def read(path):\n    return open(path).read()", 1)[0]["feature"]
-            page.goto(f"{url}/dashboards/latents/{latent:05d}.html")
-            page.set_viewport_size({"width": 1200, "height": 1500})
-            page.screenshot(path=str(folder / "latent.png"))
-            page.set_viewport_size({"width": 1200, "height": 900})
-            page.goto(url + "/")
-            page.fill("#feature", str(latent))
-            page.click("#analyze")
-            page.wait_for_selector("#search tr")
-            page.fill("#strength", "8")
-            page.click("#steer")
-            page.wait_for_function("document.getElementById('steered').textContent.length > 0")
-            page.screenshot(path=str(folder / "live.png"), full_page=True)
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with demo_process(sae_path, dashboards) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/lib/chromium/chromium", headless=True,
+                                    args=["--disable-gpu", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"{url}/dashboards/index.html")
+        page.click("th[data-key=density]")
+        page.screenshot(path=str(folder / "index.png"))
+        live = LiveModel(load_source(sae_path))
+        latent = live.search("def read(path):\n    return open(path).read()", 1)[0]["feature"]
+        page.goto(f"{url}/dashboards/latents/{latent:05d}.html")
+        page.set_viewport_size({"width": 1200, "height": 1500})
+        page.screenshot(path=str(folder / "latent.png"))
+        page.set_viewport_size({"width": 1200, "height": 900})
+        page.goto(url + "/")
+        page.fill("#feature", str(latent))
+        page.click("#analyze")
+        page.wait_for_selector("#search tr")
+        page.fill("#strength", "8")
+        page.click("#steer")
+        page.wait_for_function("document.getElementById('steered').textContent.length > 0")
+        page.screenshot(path=str(folder / "live.png"), full_page=True)
+        browser.close()
 
 
 def main() -> None:

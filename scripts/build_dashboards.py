@@ -10,19 +10,14 @@ same arguments. Open ``<out>/site/index.html`` in a browser; exports are in ``<o
 
 from __future__ import annotations
 
-import simple_parsing
-
+from hybrid_sae_ext.cli_errors import cli_main, parse_config
 from hybrid_sae_ext.dashboards.build import build_dashboards
 from hybrid_sae_ext.dashboards.config import DashboardConfig
-from hybrid_sae_ext.models import ModelUnavailableError
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    try:
-        cfg = simple_parsing.parse(DashboardConfig, args=argv)
-        report = build_dashboards(cfg)
-    except (ValueError, ModelUnavailableError) as err:
-        raise SystemExit(f"error: {err}") from None
+    report = build_dashboards(parse_config(DashboardConfig, argv))
     assert report is not None
     times = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     print(f"dashboards for {report.d_sae} latents over {report.tokens:,} tokens in {report.out} ({times})")

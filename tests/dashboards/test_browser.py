@@ -6,21 +6,16 @@ The expected values come from the statistics file and from a direct encode, not 
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import httpx
 import pytest
 import torch
 
 from hybrid_sae_ext.dashboards.records import DashboardData
+from hybrid_sae_ext.dashboards.serve import demo_process
 from tests.dashboards.conftest import CHROMIUM, TEXT, chromium_available
 
 pytestmark = pytest.mark.skipif(not chromium_available(), reason=f"no chromium at {CHROMIUM} (.ci/run installs it)")
@@ -35,30 +30,9 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
 
 @pytest.fixture(scope="module")
 def server(hybrid_sae_path: Path, hybrid_dashboards: Path) -> Iterator[str]:
-    """The demo, started by its own script on a free 127.0.0.1 port, until the module's tests end."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "serve_demo.py"), "--sae_path", str(hybrid_sae_path),
-         "--dashboards", str(hybrid_dashboards), "--port", str(port)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"demo server did not start: {process.stderr.read().decode() if process.stderr else ''}")
-            time.sleep(0.3)
+    """The demo in its own process (the entry point of scripts/serve_demo.py) until the module's tests end."""
+    with demo_process(hybrid_sae_path, hybrid_dashboards) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 class Guard:
