@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +62,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got lr={self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got lr={self.lr}")
         for name in ("lr_warmup_steps", "lr_decay_steps", "l1_coefficient", "clip_grad_norm"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")

@@ -28,6 +28,7 @@ from hybrid_sae_ext.training.checkpoint import (
     Checkpoint,
     CheckpointManager,
     check_state_matches,
+    config_state,
     optimizer_from_checkpoint,
     optimizer_to_checkpoint,
 )
@@ -221,7 +222,6 @@ class Trainer:
             raise NonFiniteError(message + "; pass skip_nonfinite_batches=True to skip such batches")
         logger.warning("%s; skipping the batch", message)
         self.skipped_batches += 1
-        return None
 
     # ----- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -233,8 +233,7 @@ class Trainer:
                 "step": self.step, "tokens_seen": self.tokens_seen, "skipped_batches": self.skipped_batches,
                 "param_groups": param_groups, "data": self.source.state_dict(), "rng": rng_meta,
                 "wandb_run_id": self.wandb_run_id,
-                "config": {k: str(v) if not isinstance(v, (int, float, bool, type(None))) else v
-                           for k, v in dataclasses.asdict(self.cfg).items()},
+                "config": config_state(self.cfg),
             }
             tensors = {**optimizer_tensors, **rng_tensors, "tokens_since_fired": self.tokens_since_fired}
             path = self.checkpoints.save(Checkpoint(self.step, self.sae.state_dict(), tensors, state))
