@@ -23,6 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hybrid_sae_ext.architectures.hybrid import HybridLosses, HybridTrainingSAE, SparseCodes
+from hybrid_sae_ext.kernels.primitives import gathered_dot
 from hybrid_sae_ext.kernels.sparse_ops import gather_sum
 
 _SHARDED_PARAMS = ("W_enc", "W_dec", "b_gate", "r_mag", "b_mag")
@@ -123,11 +124,16 @@ class ShardedHybridSAE(nn.Module):
             masked = pre.detach().masked_fill(~dead_mask, float("-inf"))  # type: ignore[operator]
             aux_ids = self._global_topk(masked, k_aux)
             aux_local, aux_mine = self._owned(aux_ids)
-            aux_values = pre.gather(1, aux_local) * aux_mine
-            aux_recon = self._reduce(gather_sum(aux_values, aux_local, rows))
+            aux_pre = pre.gather(1, aux_local)
+            aux_recon = self._reduce(gather_sum(aux_pre * aux_mine, aux_local, rows))
             residual = (x - sae_out).detach()
             scale = min(n_dead / self.cfg.effective_k_aux, 1.0)
             aux_k = self.cfg.aux_k_coefficient * scale * (aux_recon - residual).pow(2).sum(-1).mean()
+            # The dead latents' gate term of hybrid_forward: it reaches only b_gate.
+            dead_gate = aux_pre.detach() + self.b_gate[aux_local]
+            along_row = gathered_dot(residual, rows.detach().t(), aux_local)
+            dead_gate_loss = self._reduce(((dead_gate - along_row).pow(2) * aux_mine).sum(-1)).mean()
+            gate_aux = gate_aux + self.cfg.gate_aux_coefficient * dead_gate_loss
 
         with torch.no_grad():
             code_values = self._reduce(values.detach())
