@@ -153,7 +153,7 @@ CASES = [
     ("scaling_device_banana", "derive_scaling_laws", ["--device", "banana", "--out", "{out}"], "",
      r"device='banana' is not a device"),
     ("train_lr_inf", "train_hybrid_sae", [*TRAIN, "--cache_dir", "{in}/c", "--out", "{out}", "--lr", "inf"], "",
-     r"--lr=inf: must be a finite number"),
+     r"lr must be a finite number > 0, got lr=inf"),
     ("train_empty_paths", "train_hybrid_sae", [*TRAIN, "--cache_dir", "", "--out", ""], "",
      r"--cache_dir: the path is empty"),
     ("train_out_is_a_file", "train_hybrid_sae", [*TRAIN, "--cache_dir", "{in}/c", "--out", "{file}"], "",
