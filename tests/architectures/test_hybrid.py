@@ -96,8 +96,9 @@ def test_codes_properties(n: int, d_in: int, d_sae: int, k_frac: float, seed: in
     assert (codes >= 0).all()
     torch.testing.assert_close(sae.decode(codes), sae(x))
     sparse = sae.encode_sparse(x)
-    # the sparse values are exact dot products summed in another order than the dense GEMM's
-    summation_order = {"rtol": 1e-5, "atol": 2e-6 * scale}
+    # the sparse values are exact dot products summed in another order than the dense GEMM's: fp32 rounding
+    # of terms as large as exp(r_mag) * pre (~ scale) and b_mag (~ 1), which can cancel to a small value
+    summation_order = {"rtol": 1e-5, "atol": 1e-5 * (1 + scale)}
     torch.testing.assert_close(sae.decode_sparse(sparse), sae(x), **summation_order)
     dense_from_sparse = torch.zeros(n, d_sae).scatter(1, sparse.indices, sparse.values)
     torch.testing.assert_close(dense_from_sparse, codes, **summation_order)
