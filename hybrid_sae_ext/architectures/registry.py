@@ -35,14 +35,16 @@ class ComparisonVariant:
     architecture: str
     """Registered SAELens architecture."""
     sparsity_knob: str
-    """``k`` (set to the target L0), ``target_l0`` (hybrid: k = 2 x target as the cap), or a loss
-    coefficient searched until the L0 lands on the target."""
+    """``k`` (set to the target L0), ``target_l0`` (the architecture's own L0 target: the hybrid's gate
+    threshold, JumpReLU's quadratic penalty), or a loss coefficient searched until the L0 lands on the target."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Config fields that differ from the architecture's SAELens defaults (and why, in COMPARISON_VARIANTS)."""
     encoder_init_norm: float | None = None
     """Norm of every W_enc column set after SAELens' init (W_enc stays parallel to W_dec^T); None: SAELens'."""
     first_coefficient: float = 1.0
     """Where the coefficient search starts (coefficient architectures only)."""
+    k_cap_factor: float | None = None
+    """``target_l0`` variants with a hard per-token cap: k = this x target (None: no k)."""
 
     @property
     def searched(self) -> bool:
@@ -52,7 +54,10 @@ class ComparisonVariant:
 COMPARISON_VARIANTS: dict[str, ComparisonVariant] = {
     "vanilla": ComparisonVariant("standard", "l1_coefficient", first_coefficient=6.0),
     "gated": ComparisonVariant("gated", "l1_coefficient", first_coefficient=8.0),
-    "jumprelu": ComparisonVariant("jumprelu", "l0_coefficient", first_coefficient=0.5),
+    # JumpReLU as Gemma Scope 2 trains it: a quadratic penalty around the target L0 (SAELens'
+    # "quadratic" mode, coefficient 1). The L0-coefficient search of the step penalty landed at L0 ~900 of
+    # 1024 for every coefficient within the old 129-step budget: the threshold barely moves that early.
+    "jumprelu": ComparisonVariant("jumprelu", "target_l0", {"jumprelu_sparsity_loss_mode": "quadratic"}),
     # SAELens TopK as users get it: decoder rows at norm 0.1, AuxK weight 1.
     "ksparse": ComparisonVariant("topk", "k"),
     # The same TopK with the hybrid's free choices: unit-norm decoder rows, W_enc = 0.1 W_dec^T (what the
@@ -63,7 +68,7 @@ COMPARISON_VARIANTS: dict[str, ComparisonVariant] = {
     ),
     "batchtopk": ComparisonVariant("batchtopk", "k"),
     "hybrid": ComparisonVariant("hybrid", "k"),
-    "hybrid-adaptive": ComparisonVariant("hybrid", "target_l0"),
+    "hybrid-adaptive": ComparisonVariant("hybrid", "target_l0", k_cap_factor=2.0),
 }
 """Every architecture of the comparison, by the name its tables use."""
 

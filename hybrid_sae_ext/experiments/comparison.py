@@ -3,8 +3,9 @@
 Activations are captured once into a cache. For each seed, every SAE trains in one ``MultiTrainer``
 pass over that seed's data order, with the same token budget, learning-rate schedule and batch;
 only the architecture knobs differ (``COMPARISON_VARIANTS``). Sparsity is matched without
-hand-picking: k-architectures use k = target (the adaptive hybrid: ``target_l0`` = target, k = 2 x
-target as the cap), coefficient architectures get their coefficient searched (``matching``). The
+hand-picking: k-architectures use k = target, ``target_l0`` architectures aim at the target themselves
+(the adaptive hybrid with k = 2 x target as the cap; JumpReLU with Gemma Scope 2's quadratic penalty), and
+coefficient architectures get their coefficient searched (``matching``). The
 first seed's pass also trains a frontier (L0 x ``frontier_factors``). Every SAE is evaluated on
 held-out activations along training (FVU curves) and spliced into the model at the end.
 Finished passes are kept under ``<out>/partial`` so a killed run resumes where it stopped.
@@ -55,8 +56,8 @@ class ComparisonConfig:
     batch_size: int = 8
     """Sequences per optimizer step (each gives context_size - 1 activations; BOS is skipped)."""
     context_size: int = 128
-    epochs: int = 2
-    """Passes over the captured activations."""
+    epochs: int | None = None
+    """Passes over the captured activations (default 2; 4 with ``--debug``)."""
     tokens: int = 1_000_000
     """Activations captured for training."""
     architectures: list[str] = field(default_factory=lambda: list(COMPARISON_VARIANTS))
@@ -86,11 +87,14 @@ class ComparisonConfig:
     wandb: str = ""
     """wandb project to log each SAE's training to (WANDB_MODE=offline works); empty disables."""
     debug: bool = False
-    """Sized for 2 shared CPU cores: 65,536 tokens, 1,024 latents, 8 eval batches."""
+    """Sized for 2 CPU cores: 524,288 tokens (the embedded corpus' train split), 4 epochs, 1,024 latents,
+    8 eval batches."""
 
     def __post_init__(self) -> None:
+        if self.epochs is None:
+            self.epochs = 4 if self.debug else 2
         if self.debug:
-            self.tokens, self.eval_batches = min(self.tokens, 65_536), min(self.eval_batches, 8)
+            self.tokens, self.eval_batches = min(self.tokens, 524_288), min(self.eval_batches, 8)
             self.n_features = min(self.n_features, 1024)
         for name in ("n_features", "batch_size", "epochs", "tokens", "eval_batches", "search_probes",
                      "heldout_tokens", "curve_points"):
@@ -143,7 +147,8 @@ def settings_at(variant: ComparisonVariant, l0: float, coefficient: float | None
     if variant.sparsity_knob == "k":
         return {"k": max(1, round(l0))}
     if variant.sparsity_knob == "target_l0":
-        return {"k": max(1, round(2 * l0)), "target_l0": float(l0)}
+        cap = {} if variant.k_cap_factor is None else {"k": max(1, round(variant.k_cap_factor * l0))}
+        return {**cap, "target_l0": float(l0)}
     assert coefficient is not None
     return {variant.sparsity_knob: coefficient}
 

@@ -56,7 +56,8 @@ def comparison_markdown(results: dict[str, Any]) -> str:
         f"zero-ablation {results['eval']['ce_loss_zero_ablation']:.4f}.",
         "",
         "How sparsity was matched: TopK, BatchTopK and the fixed-k hybrid use k = target; the adaptive hybrid uses "
-        "`target_l0` = target with k = 2 x target as its per-token cap; vanilla, gated and JumpReLU get their loss "
+        "`target_l0` = target with k = 2 x target as its per-token cap; JumpReLU uses Gemma Scope 2's quadratic "
+        "penalty around `target_l0` = target (coefficient 1); vanilla and gated get their loss "
         f"coefficient by bisection on its logarithm with probes of {results['search']['probe_steps']} steps (seed "
         f"{cfg['seeds'][0]}'s data), until the probe's L0 is within {cfg['tolerance']:.0%} of the target. A run whose "
         "held-out L0 is not exactly the target has FVU, norm. MSE, CE recovered and KL moved to the target "

@@ -37,7 +37,9 @@ def test_comparison_end_to_end(tiny_comparison: tuple[Path, dict[str, Any]]) -> 
     assert (adaptive["k"], adaptive["target_l0"]) == (8, 4.0)
     for arch in ("vanilla", "gated"):
         assert _targets(results, arch)[0]["l1_coefficient"] == results["search"]["coefficients"][arch]
-    assert _targets(results, "jumprelu")[0]["l0_coefficient"] == results["search"]["coefficients"]["jumprelu"]
+    jumprelu = _targets(results, "jumprelu")[0]
+    assert jumprelu["target_l0"] == 4.0 and "k" not in jumprelu and "jumprelu" not in results["search"]["coefficients"]
+    assert jumprelu["config"]["sae"]["jumprelu_sparsity_loss_mode"] == "quadratic"
 
     # A landed cell is the seeds' mean with a t interval, recomputed here from the runs.
     fvu = [r["fvu"] for r in _targets(results, "ksparse")]
