@@ -6,10 +6,14 @@ Why: users write ``architecture="hybrid"`` in SAELens configs; SAELens finds cla
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import torch
 from sae_lens import registry
+from sae_lens.saes.sae import TrainingSAE
 
 from hybrid_sae_ext.architectures.hybrid import (
     HybridSAE,
@@ -17,6 +21,9 @@ from hybrid_sae_ext.architectures.hybrid import (
     HybridTrainingSAE,
     HybridTrainingSAEConfig,
 )
+
+if TYPE_CHECKING:  # the trainer's config imports this module
+    from hybrid_sae_ext.training.trainer import Trainer
 
 COMPARISON_ARCHITECTURES: dict[str, str] = {
     "vanilla": "standard",
@@ -118,3 +125,35 @@ def comparison_variant(name: str) -> ComparisonVariant:
     if name not in COMPARISON_VARIANTS:
         raise ValueError(f"Unknown comparison architecture {name!r}; allowed: {', '.join(COMPARISON_VARIANTS)}")
     return COMPARISON_VARIANTS[name]
+
+
+def settings_at(variant: ComparisonVariant, l0: float, coefficient: float | None = None) -> dict[str, float]:
+    """The architecture knobs that aim ``variant`` at mean L0 ``l0`` (``coefficient``: searched variants only)."""
+    if variant.sparsity_knob == "k":
+        return {"k": max(1, round(l0))}
+    if variant.sparsity_knob == "target_l0":
+        cap = {} if variant.k_cap_factor is None else {"k": max(1, round(variant.k_cap_factor * l0))}
+        return {**cap, "target_l0": float(l0)}
+    if coefficient is None:
+        raise ValueError(f"{variant.architecture} sets its sparsity by {variant.sparsity_knob}: pass a coefficient")
+    return {variant.sparsity_knob: coefficient}
+
+
+def build_variant_sae(variant: ComparisonVariant, settings: dict[str, float], d_in: int, d_sae: int,
+                      device: str, seed: int) -> TrainingSAE[Any]:
+    """The training SAE of ``variant`` as every experiment builds it: SAELens' class and defaults, the variant's
+    overrides and ``settings``, initialised under ``seed``, then the variant's encoder init."""
+    sae_cls, cfg_cls = training_classes(variant.architecture)
+    torch.manual_seed(seed)
+    sae: TrainingSAE[Any] = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, device=device, **variant.overrides, **settings))
+    if variant.encoder_init_norm is not None:
+        with torch.no_grad():
+            sae.W_enc.data *= variant.encoder_init_norm / sae.W_enc.norm(dim=0, keepdim=True)
+    return sae
+
+
+def run_config(trainer: Trainer, variant: ComparisonVariant) -> dict[str, Any]:
+    """Everything that defines a run: the trainer's config and the SAE's full SAELens config."""
+    sae_cfg = {k: v for k, v in trainer.sae.cfg.to_dict().items() if k != "metadata"}
+    train_cfg = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(trainer.cfg).items()}
+    return {"train": train_cfg, "sae": sae_cfg, "encoder_init_norm": variant.encoder_init_norm}

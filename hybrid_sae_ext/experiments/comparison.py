@@ -23,10 +23,14 @@ from typing import Any
 
 import torch
 from sae_lens import SAE
-from sae_lens.saes.sae import TrainingSAE
 
 from hybrid_sae_ext.activations import CaptureConfig, capture_activations, open_cache
-from hybrid_sae_ext.architectures.registry import COMPARISON_VARIANTS, ComparisonVariant, training_classes
+from hybrid_sae_ext.architectures.registry import (
+    COMPARISON_VARIANTS,
+    build_variant_sae,
+    run_config,
+    settings_at,
+)
 from hybrid_sae_ext.evals import evaluate_sae, load_eval_tokens
 from hybrid_sae_ext.experiments.matching import Probe, chosen_coefficient, next_coefficient, search_done
 from hybrid_sae_ext.experiments.report import comparison_markdown, plot_comparison
@@ -142,27 +146,10 @@ class RunSpec:
         return f"{self.architecture}[{knob}]-seed{self.seed}"
 
 
-def settings_at(variant: ComparisonVariant, l0: float, coefficient: float | None) -> dict[str, float]:
-    """The architecture knobs that aim ``variant`` at mean L0 ``l0``."""
-    if variant.sparsity_knob == "k":
-        return {"k": max(1, round(l0))}
-    if variant.sparsity_knob == "target_l0":
-        cap = {} if variant.k_cap_factor is None else {"k": max(1, round(variant.k_cap_factor * l0))}
-        return {**cap, "target_l0": float(l0)}
-    assert coefficient is not None
-    return {variant.sparsity_knob: coefficient}
-
-
 def build_run(cfg: ComparisonConfig, spec: RunSpec, d_in: int, steps: int, upstream: Any = None) -> Trainer:
     """The trainer of one run: the variant's SAELens config (its overrides + settings), shared schedule."""
     variant = COMPARISON_VARIANTS[spec.architecture]
-    sae_cls, cfg_cls = training_classes(variant.architecture)
-    torch.manual_seed(spec.seed)
-    sae: TrainingSAE[Any] = sae_cls(cfg_cls(d_in=d_in, d_sae=cfg.n_features, device=cfg.device,
-                                            **variant.overrides, **spec.settings))
-    if variant.encoder_init_norm is not None:
-        with torch.no_grad():
-            sae.W_enc.data *= variant.encoder_init_norm / sae.W_enc.norm(dim=0, keepdim=True)
+    sae = build_variant_sae(variant, spec.settings, d_in, cfg.n_features, cfg.device, spec.seed)
     train_cfg = TrainConfig(
         architecture=variant.architecture, d_sae=cfg.n_features, lr=cfg.lr, batch_size=cfg.batch_tokens,
         total_steps=steps, lr_warmup_steps=max(1, steps // 20), lr_decay_steps=max(1, steps // 5),
@@ -171,13 +158,6 @@ def build_run(cfg: ComparisonConfig, spec: RunSpec, d_in: int, steps: int, upstr
         l1_coefficient=spec.settings.get("l1_coefficient"),
     )
     return Trainer(train_cfg, BroadcastSource(d_in, upstream), sae=sae)
-
-
-def run_config(trainer: Trainer, variant: ComparisonVariant) -> dict[str, Any]:
-    """Everything that defines a run: the trainer's config and the SAE's full SAELens config."""
-    sae_cfg = {k: v for k, v in trainer.sae.cfg.to_dict().items() if k != "metadata"}
-    train_cfg = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(trainer.cfg).items()}
-    return {"train": train_cfg, "sae": sae_cfg, "encoder_init_norm": variant.encoder_init_norm}
 
 
 def train_pass(cfg: ComparisonConfig, specs: list[RunSpec], acts: torch.Tensor, seed: int, steps: int,

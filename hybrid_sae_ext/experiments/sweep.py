@@ -1,5 +1,7 @@
 """Scaling-law sweep: SAEs over widths x k, each evaluated at several token budgets of one run.
 
+Each SAE is built as the comparison builds its variant (``registry.build_variant_sae``: same overrides,
+encoder init and seeding), so a sweep's laws and the comparison's table describe the same SAEs.
 Why this shape: the cost of a scaling study is training, so every SAE of the grid trains in one
 ``MultiTrainer`` pass (each batch read once for all of them), and the token axis comes from
 evaluating each run at checkpoints T1 < T2 < ... instead of retraining per budget. Losses are
@@ -19,11 +21,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from sae_lens import registry
 from sae_lens.saes.sae import TrainingSAE
 from torch import Tensor
 
 from hybrid_sae_ext.activations import CaptureConfig, capture_activations, open_cache, read_manifest
-from hybrid_sae_ext.architectures.registry import training_classes
+from hybrid_sae_ext.architectures.registry import (
+    COMPARISON_VARIANTS,
+    ComparisonVariant,
+    build_variant_sae,
+    register_architectures,
+    resolve_architecture,
+    run_config,
+    settings_at,
+)
 from hybrid_sae_ext.evals.stats import LatentAccumulator, ReconstructionAccumulator
 from hybrid_sae_ext.experiments.scaling import PowerLawFit, fit_joint_power_law, fit_power_law
 from hybrid_sae_ext.experiments.sweep_report import write_report
@@ -67,11 +78,12 @@ class SweepConfig:
     cache_dir: str = ""
     """Activation caches (reused across sweeps); empty: ``cache/activations/<model>-<dataset>-<hook>`` (git-ignored)."""
     architecture: str = "hybrid"
-    """Any architecture with a k (hybrid, ksparse/topk, batchtopk)."""
+    """A comparison variant set by k or target_l0 (hybrid, hybrid-adaptive, ksparse, ksparse-matched, batchtopk,
+    jumprelu), built as the comparison builds it; or a SAELens architecture with a k (topk...), its defaults."""
     widths: list[int] = field(default_factory=list)
     """n_features (d_sae) values; empty: the debug or full grid."""
     ks: list[int] = field(default_factory=list)
-    """k values; empty: the debug or full grid."""
+    """k values (the target L0 of target_l0 variants); empty: the debug or full grid."""
     token_checkpoints: list[int] = field(default_factory=list)
     """Tokens after which every SAE is evaluated (increasing, multiples of batch_size); the last ends the run."""
     heldout_tokens: int = 0
@@ -106,14 +118,38 @@ class SweepConfig:
         if len(budgets) < 4 or budgets != sorted(set(budgets)) or any(t % self.batch_size for t in budgets):
             raise ValueError(f"token_checkpoints must be >= 4 increasing multiples of batch_size={self.batch_size} "
                              f"(the L(T) fit has 3 parameters), got {budgets}")
-        if not 1 <= max(ks) <= min(widths) or min(ks) < 1:
-            raise ValueError(f"every k must satisfy 1 <= k <= min(widths)={min(widths)}, got {ks}")
-        if "k" not in {f.name for f in dataclasses.fields(training_classes(self.architecture)[1])}:
-            raise ValueError(f"architecture {self.architecture!r} has no k to sweep; use hybrid, ksparse or batchtopk")
+        variant = self.variant  # refuses architectures without a k or target_l0 before the grid checks
+        caps = [settings_at(variant, k).get("k", k) for k in ks]
+        if min(ks) < 1 or max(caps) > min(widths):
+            cap = "" if variant.k_cap_factor is None else f" (its cap k = {variant.k_cap_factor:g} x target too)"
+            raise ValueError(f"every k must satisfy 1 <= k <= min(widths)={min(widths)}{cap}, got {ks}")
 
     @property
     def hook(self) -> str:
         return f"blocks.{self.layer}.{self.hook_site}"
+
+    @property
+    def variant(self) -> ComparisonVariant:
+        return sweep_variant(self.architecture)
+
+
+def sweepable_architectures() -> list[str]:
+    """Names a sweep accepts: comparison variants whose L0 is set by k or target_l0, then SAELens
+    architectures with a k that are not already one of those."""
+    register_architectures()
+    variants = [name for name, variant in COMPARISON_VARIANTS.items() if not variant.searched]
+    with_k = [name for name, (_, cfg_cls) in registry.SAE_TRAINING_CLASS_REGISTRY.items()
+              if "k" in {f.name for f in dataclasses.fields(cfg_cls)} and name not in variants]
+    return variants + with_k
+
+
+def sweep_variant(name: str) -> ComparisonVariant:
+    """The variant a sweep trains for ``name``: the comparison's, or a plain SAELens architecture with a k."""
+    allowed = sweepable_architectures()
+    if name not in allowed:
+        raise ValueError(f"architecture {name!r} has no k or target_l0 to sweep (coefficient-searched variants "
+                         f"such as vanilla and gated cannot be swept); allowed: {', '.join(allowed)}")
+    return COMPARISON_VARIANTS.get(name) or ComparisonVariant(resolve_architecture(name), "k")
 
 
 @dataclass
@@ -122,6 +158,7 @@ class Point:
 
     n_features: int
     k: int
+    """The grid's sparsity value: k, or the target L0 of target_l0 variants."""
     tokens: int
     fvu: float
     """``sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over held-out tokens."""
@@ -164,18 +201,27 @@ def evaluate(sae: TrainingSAE[Any], heldout: Tensor) -> tuple[float, float, floa
     return 1.0 - recon.explained_variance(), latents.l0_mean(), float((latents.fire_counts == 0).double().mean())
 
 
-def run_sweep(cfg: SweepConfig, train: Tensor, heldout: Tensor) -> tuple[list[Point], dict[str, float]]:
-    """Train every (width, k) SAE in one pass over ``train``, evaluating all of them at each checkpoint."""
+def build_trainer(cfg: SweepConfig, n_features: int, k: int, d_in: int, upstream: SingleHookSource) -> Trainer:
+    """The trainer of grid cell (n_features, k): the variant's SAE, the sweep's shared schedule."""
+    variant = cfg.variant
+    settings = settings_at(variant, k)
+    sae = build_variant_sae(variant, settings, d_in, n_features, cfg.device, cfg.seed)
+    train_cfg = TrainConfig(
+        architecture=variant.architecture, d_sae=n_features, k=int(settings.get("k", k)), lr=cfg.lr,
+        lr_warmup_steps=cfg.lr_warmup_steps, batch_size=cfg.batch_size,
+        total_steps=cfg.token_checkpoints[-1] // cfg.batch_size, seed=cfg.seed, device=cfg.device, progress_bar=False,
+    )
+    return Trainer(train_cfg, BroadcastSource(d_in, upstream), sae=sae)
+
+
+def run_sweep(cfg: SweepConfig, train: Tensor, heldout: Tensor) -> tuple[list[Point], list[dict[str, Any]], dict[str, float]]:
+    """Train every (width, k) SAE in one pass over ``train``, evaluating all of them at each checkpoint.
+    Returns the points, each run's full config (``registry.run_config``) and the seconds spent."""
     upstream = SingleHookSource(TensorActivationSource(train, seed=cfg.seed), cfg.hook)
-    total_steps = cfg.token_checkpoints[-1] // cfg.batch_size
     grid = [(n, k) for n in cfg.widths for k in cfg.ks]
-    trainers = {
-        f"n{n}-k{k}": Trainer(TrainConfig(
-            architecture=cfg.architecture, d_sae=n, k=k, lr=cfg.lr, lr_warmup_steps=cfg.lr_warmup_steps,
-            batch_size=cfg.batch_size, total_steps=total_steps, seed=cfg.seed, device=cfg.device, progress_bar=False,
-        ), BroadcastSource(train.shape[1], upstream))
-        for n, k in grid
-    }
+    trainers = {f"n{n}-k{k}": build_trainer(cfg, n, k, train.shape[1], upstream) for n, k in grid}
+    runs = [{"n_features": n, "k": k, "variant": cfg.architecture, "settings": settings_at(cfg.variant, k),
+             "config": run_config(trainer, cfg.variant)} for (n, k), trainer in zip(grid, trainers.values())]
     multi = MultiTrainer(trainers, upstream, dict.fromkeys(trainers, cfg.hook))
     points: list[Point] = []
     seconds, steps_done = {"train": 0.0, "evaluate": 0.0}, 0
@@ -189,7 +235,7 @@ def run_sweep(cfg: SweepConfig, train: Tensor, heldout: Tensor) -> tuple[list[Po
             points.append(Point(n, k, trainer.tokens_seen, *evaluate(trainer.sae, heldout)))
         seconds["evaluate"] += time.perf_counter() - start
         logger.info("evaluated %d SAEs at %d tokens", len(grid), tokens)
-    return points, seconds
+    return points, runs, seconds
 
 
 def _fit(fn: Callable[[], PowerLawFit]) -> dict[str, Any]:
@@ -230,12 +276,14 @@ def derive_scaling_laws(cfg: SweepConfig) -> dict[str, Any]:
     begin = time.perf_counter()
     train, heldout = load_activations(cfg)
     data_seconds = time.perf_counter() - begin
-    points, seconds = run_sweep(cfg, train, heldout)
+    points, runs, seconds = run_sweep(cfg, train, heldout)
     start = time.perf_counter()
     fits = fit_laws(cfg, points)
     seconds.update(activations=data_seconds, fit=time.perf_counter() - start, total=time.perf_counter() - begin)
     report = {
         "config": dataclasses.asdict(cfg),
+        "variant": dataclasses.asdict(cfg.variant),
+        "runs": runs,
         "hook": cfg.hook,
         "d_in": int(train.shape[1]),
         "train_rows": int(train.shape[0]),

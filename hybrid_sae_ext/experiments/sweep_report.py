@@ -6,6 +6,7 @@ so tables and figures can be regenerated from a saved ``scaling.json`` without r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"(d_in {report['d_in']}). Device `{report['device']}`; {libraries}. Seconds: {seconds}. "
         f"Intervals: {level} bootstrap over points ({cfg['n_boot']} resamples)."),
         "",
+        *_config_section(report),
         f"## L(N) = a N^-alpha + c per k, at {final:,} tokens",
         "",
         *_table(["k", f"alpha [{level}]", "a", f"c [{level}]", "R²", "points"], (
@@ -104,6 +106,35 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _flat(config: dict[str, Any]) -> dict[str, str]:
+    """A run's config as ``section.field -> JSON text``, so runs can be compared field by field."""
+    return {f"{section}.{name}" if isinstance(fields, dict) else section: json.dumps(value)
+            for section, fields in config.items()
+            for name, value in (fields.items() if isinstance(fields, dict) else [(section, fields)])}
+
+
+def _config_section(report: dict[str, Any]) -> list[str]:
+    """The variant, the config fields every run shares, and per run the fields that differ."""
+    variant = report["variant"]
+    configs = [_flat(run["config"]) for run in report["runs"]]
+    varying = sorted(key for key in configs[0] if len({c[key] for c in configs}) > 1)
+    shared = ", ".join(f"`{key}={value}`" for key, value in configs[0].items() if key not in varying)
+    return [
+        "## Runs",
+        "",
+        (f"Variant `{report['config']['architecture']}`: SAELens `{variant['architecture']}`, sparsity set by "
+         f"`{variant['sparsity_knob']}` (the k axis), overrides of SAELens' defaults "
+         f"`{json.dumps(variant['overrides'])}`, W_enc column norm after init "
+         f"`{variant['encoder_init_norm']}`. Config of every run (`runs` in `scaling.json` has each in full): "
+         f"{shared}."),
+        "",
+        *_table(["n_features", "k", *varying], (
+            [run["n_features"], run["k"], *(config[key] for key in varying)]
+            for run, config in zip(report["runs"], configs))),
+        "",
+    ]
 
 
 def _runs(points: list[dict[str, Any]]) -> dict[tuple[int, int], list[dict[str, Any]]]:

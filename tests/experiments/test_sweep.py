@@ -10,12 +10,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 
-from hybrid_sae_ext.experiments.sweep import SweepConfig, derive_scaling_laws, evaluate
+from hybrid_sae_ext.architectures.registry import ComparisonVariant
+from hybrid_sae_ext.experiments.comparison import ComparisonConfig, RunSpec, build_run
+from hybrid_sae_ext.experiments.sweep import SweepConfig, build_trainer, derive_scaling_laws, evaluate
 from hybrid_sae_ext.training.config import TrainConfig
+from hybrid_sae_ext.training.data import TensorActivationSource
+from hybrid_sae_ext.training.multi import SingleHookSource
 from hybrid_sae_ext.training.trainer import build_training_sae
 
 WIDTHS, KS, BUDGETS = [32, 64, 128, 256], [4, 8, 16], [2048, 4096, 8192, 16384]
+SWEEPABLE = ["jumprelu", "ksparse", "ksparse-matched", "batchtopk", "hybrid", "hybrid-adaptive"]
 SCRIPT = Path(__file__).parents[2] / "scripts" / "derive_scaling_laws.py"
 
 
@@ -119,9 +125,68 @@ def test_fvu_is_variance_normalised_error_of_the_forward() -> None:
         ({"token_checkpoints": [1024, 2048, 3000, 4096]}, "multiples of batch_size"),
         ({"token_checkpoints": [4096, 2048, 8192, 16384]}, "increasing"),
         ({"ks": [8, 512]}, "k <= min"),
-        ({"architecture": "vanilla"}, "no k to sweep"),
+        ({"architecture": "hybrid-adaptive", "widths": [32, 64, 128, 256]}, r"k <= min\(widths\)=32 \(its cap k = 2 x"),
     ],
 )
 def test_bad_sweeps_are_refused_before_any_work(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SweepConfig(debug=True, **overrides)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "gated", "standard"])
+def test_coefficient_variants_are_refused_naming_the_allowed(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"architecture {name!r} has no k or target_l0 to sweep") as caught:
+        SweepConfig(debug=True, architecture=name)
+    allowed = str(caught.value).split("allowed: ")[1].split(", ")
+    assert set(SWEEPABLE) <= set(allowed) and "topk" in allowed
+    assert not {"vanilla", "gated", "standard"} & set(allowed)
+
+
+def test_plain_saelens_names_sweep_with_saelens_defaults() -> None:
+    assert SweepConfig(debug=True, architecture="topk").variant == ComparisonVariant("topk", "k")
+    assert SweepConfig(debug=True, architecture="ksparse").variant == ComparisonVariant("topk", "k")
+
+
+def test_ksparse_matched_sweep_starts_from_the_comparisons_init() -> None:
+    """The sweep's SAE equals the comparison's for the same seed, and both equal a reference built here
+    from SAELens alone: unit-norm decoder rows, AuxK 1/32, W_enc columns rescaled to norm 0.1."""
+    d_in, n_features, k, seed = 16, 64, 4, 3
+    upstream = SingleHookSource(TensorActivationSource(torch.randn(64, d_in)))
+    cfg = SweepConfig(architecture="ksparse-matched", widths=[64, 128, 256, 512], ks=[4, 8], seed=seed,
+                      token_checkpoints=[1024, 2048, 3072, 4096], progress=False)
+    swept = build_trainer(cfg, n_features, k, d_in, upstream).sae
+    compared = build_run(ComparisonConfig(n_features=n_features, target_l0=k), RunSpec("ksparse-matched", {"k": k}, seed,
+                         "target"), d_in, steps=10, upstream=upstream).sae
+    torch.manual_seed(seed)
+    reference = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=n_features, k=k, decoder_init_norm=1.0,
+                                                      aux_loss_coefficient=1 / 32))
+    with torch.no_grad():
+        reference.W_enc.data = reference.W_dec.data.T * 0.1  # SAELens ties W_enc = W_dec^T at init
+    state = swept.state_dict()
+    assert state.keys() == compared.state_dict().keys() == reference.state_dict().keys()
+    for name, tensor in state.items():
+        torch.testing.assert_close(tensor, compared.state_dict()[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(tensor, reference.state_dict()[name], msg=name)
+    torch.testing.assert_close(swept.W_enc.norm(dim=0), torch.full((n_features,), 0.1))
+    assert swept.cfg.to_dict() == compared.cfg.to_dict()
+    assert swept.cfg.aux_loss_coefficient == pytest.approx(1 / 32) and swept.cfg.k == k
+
+
+def test_jumprelu_sweeps_with_the_grid_k_as_target_l0(root: Path, sweep: tuple[Path, dict[str, Any]]) -> None:
+    ks = KS[:2]
+    cfg = SweepConfig(architecture="jumprelu", out=str(root / "jumprelu"), cache_dir=str(root / "cache"),
+                      batch_size=512, widths=WIDTHS, ks=ks, token_checkpoints=BUDGETS, heldout_tokens=2048,
+                      n_boot=10, progress=False)
+    report = derive_scaling_laws(cfg)
+    assert len(report["points"]) == len(WIDTHS) * len(ks) * len(BUDGETS)
+    assert all(0 < p["fvu"] < 1.2 and p["l0"] > 0 for p in report["points"])
+    assert report["variant"]["architecture"] == "jumprelu" and report["variant"]["sparsity_knob"] == "target_l0"
+    assert [(r["n_features"], r["k"]) for r in report["runs"]] == [(n, k) for n in WIDTHS for k in ks]
+    for run in report["runs"]:
+        sae = run["config"]["sae"]
+        assert sae["target_l0"] == run["k"] and run["settings"] == {"target_l0": run["k"]} and "k" not in sae
+        assert sae["jumprelu_sparsity_loss_mode"] == "quadratic" and sae["d_sae"] == run["n_features"]
+        assert run["variant"] == "jumprelu" and run["config"]["train"]["lr"] == cfg.lr
+    text = (root / "jumprelu" / "scaling.md").read_text()
+    assert "Variant `jumprelu`: SAELens `jumprelu`, sparsity set by `target_l0`" in text
+    assert "| n_features | k | sae.d_sae | sae.target_l0 | train.d_sae | train.k |" in text
