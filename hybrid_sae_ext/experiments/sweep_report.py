@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from hybrid_sae_ext.experiments.scaling import PowerLawFit, predict
 from hybrid_sae_ext.io import atomic_path, write_json_atomic, write_text_atomic
 
 FIGURES = ("loss_vs_n_features", "loss_vs_tokens")
+VARIANTS_FIGURE = "variants_loss_vs_n_features"
+_SHARED = ("model", "hook_site", "layer", "dataset", "widths", "ks", "token_checkpoints", "heldout_tokens",
+           "batch_size", "lr", "lr_warmup_steps", "seed", "n_boot", "confidence")
+"""Sweep settings that must be equal for two sweeps' laws to be compared."""
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
@@ -30,10 +35,15 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     write_json_atomic(out / "scaling.json", report)
     write_text_atomic(out / "scaling.md", markdown(report))
     for name, figure in zip(FIGURES, (figure_n_features(report), figure_tokens(report))):
-        for suffix in ("png", "svg"):
-            with atomic_path(out / f"{name}.{suffix}") as tmp:
-                figure.savefig(tmp, format=suffix, dpi=150, bbox_inches="tight")
-        plt.close(figure)
+        _save(figure, out / name)
+
+
+def _save(figure: plt.Figure, stem: Path) -> None:
+    """``<stem>.png`` and ``<stem>.svg``, atomically; the figure is closed."""
+    for suffix in ("png", "svg"):
+        with atomic_path(stem.with_name(f"{stem.name}.{suffix}")) as tmp:
+            figure.savefig(tmp, format=suffix, dpi=150, bbox_inches="tight")
+    plt.close(figure)
 
 
 def _law(fit: dict[str, Any]) -> PowerLawFit | None:
@@ -215,3 +225,119 @@ def figure_tokens(report: dict[str, Any]) -> plt.Figure:
     figure.suptitle(_title(report, "FVU vs training tokens (fits: L = a T^-alpha + c)"))
     figure.tight_layout()
     return figure
+
+
+@dataclass
+class VariantComparisonConfig:
+    """Which saved sweeps to compare (flags of ``scripts/compare_scaling_laws.py``)."""
+
+    sweeps: list[str] = field(default_factory=list)
+    """Sweep output folders (each with a scaling.json), one per variant."""
+    out: str = "results/scaling-debug"
+    """Folder for variants.md and the figure."""
+
+
+def check_comparable(reports: dict[str, dict[str, Any]]) -> None:
+    """Refuse to compare sweeps that differ in anything but the variant (grid, budget, data, schedule, seed)."""
+    first_name, first = next(iter(reports.items()))
+    for name, report in reports.items():
+        for key in _SHARED:
+            if report["config"][key] != first["config"][key]:
+                raise ValueError(f"sweeps {first_name!r} and {name!r} differ in {key}: "
+                                 f"{first['config'][key]} vs {report['config'][key]}; only the variant may differ")
+
+
+def variants_markdown(reports: dict[str, dict[str, Any]]) -> str:
+    """One sweep per variant, side by side: fitted exponents and floors, and held-out FVU per grid cell."""
+    check_comparable(reports)
+    cfg = next(iter(reports.values()))["config"]
+    level = f"{100 * cfg['confidence']:g}%"
+    final = next(iter(reports.values()))["fits"]["final_tokens"]
+    devices = sorted({r["device"] for r in reports.values()})
+    seconds = ", ".join(f"{name} {r['seconds']['total']:.0f} s" for name, r in reports.items())
+    finals = {name: {(p["n_features"], p["k"]): p for p in r["points"] if p["tokens"] == final}
+              for name, r in reports.items()}
+
+    def fvu_cells(n: int, k: int) -> list[str]:
+        values = {name: cells[n, k]["fvu"] for name, cells in finals.items()}
+        best = min(values.values())
+        return [f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in values.values()]
+
+    lines = [
+        f"# Scaling laws per variant on `{cfg['model']}` `blocks.{cfg['layer']}.{cfg['hook_site']}`",
+        "",
+        (f"The same grid ({len(cfg['widths'])} widths x {len(cfg['ks'])} k), data order, schedule (lr {cfg['lr']:g}) "
+         f"and seed for every variant; held-out FVU after {final:,} tokens. k is the target L0 of target_l0 "
+         f"variants. Device {', '.join(f'`{d}`' for d in devices)}; seconds per sweep: {seconds}. "
+         f"Intervals: {level} bootstrap over points."),
+        "",
+        *_table(["variant", "SAELens", "sparsity", "overrides", "W_enc init norm"], (
+            [name, r["variant"]["architecture"], r["variant"]["sparsity_knob"], json.dumps(r["variant"]["overrides"]),
+             r["variant"]["encoder_init_norm"]] for name, r in reports.items())),
+        "",
+        "## L(N) = a N^-alpha + c per k",
+        "",
+        *_table(["k", "variant", f"alpha [{level}]", f"c [{level}]", "R²"], (
+            [k, name, _ci(fit, "alpha"), _ci(fit, "c"), _r2(fit)]
+            for k in cfg["ks"] for name, r in reports.items() for fit in [r["fits"]["n_per_k"][str(k)]])),
+        "",
+        "## L(N, k) = a N^-alpha k^-beta + c",
+        "",
+        *_table(["variant", f"alpha [{level}]", f"beta [{level}]", f"c [{level}]", "R²"], (
+            [name, _ci(j, "alpha"), _ci(j, "beta"), _ci(j, "c"), _r2(j)]
+            for name, r in reports.items() for j in [r["fits"]["joint_n_k"]])),
+        "",
+        f"## Held-out FVU at {final:,} tokens (lowest in bold), and L0 / dead fraction per variant",
+        "",
+        *_table(["n_features", "k", *(f"FVU {name}" for name in reports), *(f"L0 / dead {name}" for name in reports)], (
+            [n, k, *fvu_cells(n, k),
+             *(f"{cells[n, k]['l0']:.1f} / {cells[n, k]['dead_fraction']:.3f}" for cells in finals.values())]
+            for n in cfg["widths"] for k in cfg["ks"])),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def figure_variants(reports: dict[str, dict[str, Any]]) -> plt.Figure:
+    """FVU vs width at the final budget, one panel per k, one colour per variant with its L(N) fit."""
+    cfg = next(iter(reports.values()))["config"]
+    widths = np.asarray(cfg["widths"], dtype=np.float64)
+    grid = np.geomspace(widths.min() / 1.2, widths.max() * 1.2, 100)
+    figure, panels = plt.subplots(1, len(cfg["ks"]), figsize=(4.5 * len(cfg["ks"]), 4.5), sharey=True, squeeze=False)
+    colors = plt.get_cmap("tab10")(np.arange(len(reports)))
+    for axes, k in zip(panels[0], cfg["ks"]):
+        for color, (name, report) in zip(colors, reports.items()):
+            final = report["fits"]["final_tokens"]
+            chosen = sorted((p["n_features"], p["fvu"]) for p in report["points"] if p["tokens"] == final and p["k"] == k)
+            fit = report["fits"]["n_per_k"][str(k)]
+            label = name + (f": alpha={fit['params']['alpha']:.2f}" if "error" not in fit else " (fit failed)")
+            axes.plot(*zip(*chosen), "o", color=color, label=label)
+            if (law := _law(fit)) is not None:
+                axes.plot(grid, predict(law, grid), "-", color=color)
+        _log_axes(axes, widths)
+        axes.set(xlabel="n_features (SAE width)", title=f"k = {k} (target L0 for target_l0 variants)")
+        axes.legend(fontsize="small")
+    panels[0][0].set_ylabel("held-out FVU")
+    figure.suptitle(f"Variants on {Path(cfg['model']).name}: FVU vs width (fits: L = a N^-alpha + c)")
+    figure.tight_layout()
+    return figure
+
+
+def write_variant_comparison(out: Path, reports: dict[str, dict[str, Any]]) -> None:
+    """``variants.md`` and the variants figure (PNG + SVG) under ``out``, from saved sweeps (no retraining)."""
+    write_text_atomic(out / "variants.md", variants_markdown(reports))
+    _save(figure_variants(reports), out / VARIANTS_FIGURE)
+
+
+def load_sweeps(folders: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
+    """Saved sweeps (``<folder>/scaling.json``) by variant name; two sweeps of one variant are refused."""
+    reports: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        report = json.loads((Path(folder) / "scaling.json").read_text())
+        name = report["config"]["architecture"]
+        if name in reports:
+            raise ValueError(f"two sweeps of variant {name!r} (the second in {str(folder)!r}); give one per variant")
+        reports[name] = report
+    if len(reports) < 2:
+        raise ValueError(f"a comparison needs sweeps of >= 2 variants, got {list(reports)}")
+    return reports

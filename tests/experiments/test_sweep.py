@@ -23,6 +23,7 @@ from hybrid_sae_ext.training.trainer import build_training_sae
 WIDTHS, KS, BUDGETS = [32, 64, 128, 256], [4, 8, 16], [2048, 4096, 8192, 16384]
 SWEEPABLE = ["jumprelu", "ksparse", "ksparse-matched", "batchtopk", "hybrid", "hybrid-adaptive"]
 SCRIPT = Path(__file__).parents[2] / "scripts" / "derive_scaling_laws.py"
+COMPARE_SCRIPT = Path(__file__).parents[2] / "scripts" / "compare_scaling_laws.py"
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +97,55 @@ def test_report_files_are_written(sweep: tuple[Path, dict[str, Any]]) -> None:
     assert not list(out.glob(".*.tmp"))  # every file went through an atomic rename
 
 
-def test_other_architectures_sweep_from_the_same_cache(root: Path, sweep: tuple[Path, dict[str, Any]]) -> None:
-    cfg = SweepConfig(architecture="ksparse", out=str(root / "ksparse"), cache_dir=str(root / "cache"), batch_size=512,
-                      widths=WIDTHS, ks=KS, token_checkpoints=BUDGETS, heldout_tokens=2048, n_boot=10, progress=False)
-    report = derive_scaling_laws(cfg)
+@pytest.fixture(scope="module")
+def matched(root: Path, sweep: tuple[Path, dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """The same grid for ksparse-matched, from the hybrid sweep's activation cache."""
+    cfg = SweepConfig(architecture="ksparse-matched", out=str(root / "matched"), cache_dir=str(root / "cache"),
+                      batch_size=512, widths=WIDTHS, ks=KS, token_checkpoints=BUDGETS, heldout_tokens=2048, lr=4e-3,
+                      n_boot=40, progress=False)
+    return root / "matched", derive_scaling_laws(cfg)
+
+
+def test_other_architectures_sweep_from_the_same_cache(sweep: tuple[Path, dict[str, Any]],
+                                                       matched: tuple[Path, dict[str, Any]]) -> None:
+    report = matched[1]
     assert report["seconds"]["activations"] < sweep[1]["seconds"]["activations"]  # read back, not captured again
     assert len(report["points"]) == len(WIDTHS) * len(KS) * len(BUDGETS)
     assert all(0 < p["l0"] <= p["k"] for p in report["points"])
+    for run in report["runs"]:
+        assert run["config"]["encoder_init_norm"] == 0.1 and run["config"]["sae"]["decoder_init_norm"] == 1.0
+        assert run["config"]["sae"]["k"] == run["k"] and run["config"]["sae"]["aux_loss_coefficient"] == 1 / 32
+
+
+def test_variants_are_compared_from_saved_sweeps(root: Path, sweep: tuple[Path, dict[str, Any]],
+                                                 matched: tuple[Path, dict[str, Any]],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("compare_scaling_laws", COMPARE_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--sweeps", str(sweep[0]), str(matched[0]), "--out", str(root / "variants")])
+    text = (root / "variants" / "variants.md").read_text()
+    fits = {name: report["fits"]["n_per_k"][str(KS[0])]["params"]["alpha"]
+            for name, report in (("hybrid", sweep[1]), ("ksparse-matched", matched[1]))}
+    for name, alpha in fits.items():
+        assert f"| {KS[0]} | {name} | {alpha:.3g} [" in text
+    final = {name: {(p["n_features"], p["k"]): p["fvu"] for p in report["points"] if p["tokens"] == BUDGETS[-1]}
+             for name, report in (("hybrid", sweep[1]), ("ksparse-matched", matched[1]))}
+    n, k = WIDTHS[-1], KS[-1]
+    cells = [f"{final[name][n, k]:.4f}" for name in ("hybrid", "ksparse-matched")]
+    best = min(range(2), key=lambda i: final[("hybrid", "ksparse-matched")[i]][n, k])
+    cells[best] = f"**{cells[best]}**"
+    assert f"| {n} | {k} | {cells[0]} | {cells[1]} |" in text
+    assert (root / "variants" / "variants_loss_vs_n_features.png").read_bytes()[:4] == b"\x89PNG"
+    other = json.loads((matched[0] / "scaling.json").read_text())
+    other["config"]["lr"] = 0.002
+    (root / "other").mkdir()
+    (root / "other" / "scaling.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit):
+        script.main(["--sweeps", str(sweep[0]), str(root / "other"), "--out", str(root / "refused")])
+    assert "sweeps 'hybrid' and 'ksparse-matched' differ in lr: 0.004 vs 0.002" in capsys.readouterr().err
+    assert not (root / "refused" / "variants.md").exists()
 
 
 def test_fvu_is_variance_normalised_error_of_the_forward() -> None:
