@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -31,20 +32,22 @@ from hybrid_sae_ext.dashboards.config import DashboardConfig
 from hybrid_sae_ext.dashboards.live import LiveModel
 from hybrid_sae_ext.dashboards.serve import demo_process
 from hybrid_sae_ext.dashboards.source import corpus_rows, encode_firings, hook_activations, load_source
+from hybrid_sae_ext.dashboards.stats import make_plan
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
-from hybrid_sae_ext.measure import device_name
+from hybrid_sae_ext.measure import device_name, load_watch
 
 TEXT_TOKENS = 128
 
 
-def floor_seconds(sae_path: str, rows: int, batch_rows: int) -> float:
-    """The model forward and the SAE encode over the same rows: what any dashboard pass must at least do."""
-    source = load_source(sae_path)
-    stream = corpus_rows(source, "embedded", "train")
+def floor_seconds(cfg: DashboardConfig) -> float:
+    """The model forward and the SAE encode over the build's rows: what any dashboard pass must at least do."""
+    source = load_source(cfg.sae_path)
+    rows = make_plan(cfg, source).rows
+    stream = corpus_rows(source, cfg.dataset, cfg.split)
     start = time.perf_counter()
     done = 0
     while done < rows:
-        batch = torch.stack([next(stream) for _ in range(min(batch_rows, rows - done))])
+        batch = torch.stack([next(stream) for _ in range(min(cfg.batch_rows, rows - done))])
         encode_firings(source, hook_activations(source, batch))
         done += batch.shape[0]
     return time.perf_counter() - start
@@ -53,7 +56,10 @@ def floor_seconds(sae_path: str, rows: int, batch_rows: int) -> float:
 def text_of_tokens(live: LiveModel, n: int) -> str:
     """A corpus text that the model sees as exactly ``n`` tokens (BOS included: 128 is the tiny model's context)."""
     rows = corpus_rows(live.source, "embedded", "validation")
-    ids = torch.cat([next(rows)[1:] for _ in range(3)])
+    pieces: list[torch.Tensor] = []
+    while sum(len(p) for p in pieces) < 2 * n:  # rows of the SAE's context size, BOS dropped
+        pieces.append(next(rows)[1:])
+    ids = torch.cat(pieces)
     tokenizer = live.source.model.tokenizer
     for cut in range(n - 8, n + 8):
         text = tokenizer.decode(ids[:cut])
@@ -112,40 +118,43 @@ def screenshots(sae_path: str, dashboards: Path, folder: Path) -> None:
         browser.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print its JSON, write ``<results>/<device>-dashboards.{json,md}``; returns the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sae_path", default="results/hybrid-tiny-lm")
     parser.add_argument("--tokens", type=int, default=500_000)
     parser.add_argument("--out", default="benchmarks/.cache/dashboards")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="folder for the tables")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--screenshots", default="", help="folder for index/latent/live PNGs (empty: none)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
     cfg = DashboardConfig(sae_path=args.sae_path, out=args.out, tokens=args.tokens, threads=args.threads)
-    start = time.perf_counter()
-    report = build_dashboards(cfg)
-    build_seconds = time.perf_counter() - start
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    assert report is not None
-    rows = -(-args.tokens // 127)
-    floor = floor_seconds(args.sae_path, rows, cfg.batch_rows)
-    site = Path(args.out) / "site"
-    largest_page = max(p.stat().st_size for p in [site / "index.html", *(site / "latents").glob("*.html")])
-    latency = api_latency(args.sae_path, Path(args.out), args.repeats)
+    with load_watch() as load:
+        start = time.perf_counter()
+        report = build_dashboards(cfg)
+        build_seconds = time.perf_counter() - start
+        peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        assert report is not None
+        floor = floor_seconds(cfg)
+        site = Path(args.out) / "site"
+        largest_page = max(p.stat().st_size for p in [site / "index.html", *(site / "latents").glob("*.html")])
+        latency = api_latency(args.sae_path, Path(args.out), args.repeats)
     device = device_name("cpu")
     result = {
         "device": device, "cpu_threads": torch.get_num_threads(), "sae_path": args.sae_path, "d_sae": report.d_sae,
         "tokens": report.tokens, "build_seconds": build_seconds, "phase_seconds": report.seconds,
         "peak_rss_mib": peak_rss_mib, "floor_seconds_one_pass": floor,
         "build_vs_floor": build_seconds / floor, "largest_page_bytes": largest_page, "api_activations": latency,
-        "note": "machine shared with other work while measured; compare ratios, not absolute times",
+        "load": load(),
     }
     print(json.dumps(result, indent=2))
-    out = REPO / "benchmarks" / "results" / f"{device}-dashboards"
+    out = Path(args.results) / f"{device}-dashboards"
     write_json_atomic(out.with_suffix(".json"), result)
     write_text_atomic(out.with_suffix(".md"), "\n".join([
-        f"# Dashboards benchmark ({device}, {result['cpu_threads']} torch threads; machine shared with other work)", "",
+        f"# Dashboards benchmark ({device}, {result['cpu_threads']} torch threads)", "",
+        f"Load: {result['load']}. Absolute times depend on other work on the machine; the build / floor ratio less so.", "",
         "| what | value | target |", "|---|---:|---:|",
         f"| dashboards for all {report.d_sae:,} latents over {report.tokens:,} tokens | {build_seconds:.1f} s | < 300 s |",
         f"| of which statistics (2 passes) | {report.seconds['statistics']:.1f} s | |",
@@ -159,6 +168,7 @@ def main() -> None:
     ]))
     if args.screenshots:
         screenshots(args.sae_path, Path(args.out), Path(args.screenshots))
+    return result
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import importlib.util
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from hybrid_sae_ext import HybridSAE, HybridSAEConfig, HybridTrainingSAE, register_architectures
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
-from hybrid_sae_ext.measure import device_name, peak_memory, timed, versions
+from hybrid_sae_ext.measure import device_name, load_watch, peak_memory, timed, versions
 from hybrid_sae_ext.training.optimizer import make_adam
 
 L1_COEFFICIENT = 5.0  # standard & gated: SAELens' usual range for inputs with E||x||^2 = d_in
@@ -360,15 +360,6 @@ def selected_labels(cfg: BenchConfig) -> list[str]:
         print("note: sparsify is not importable; skipping it")
         labels = [label for label in labels if label.removesuffix(AUTOCAST) != "sparsify"]
     return labels
-
-
-@contextlib.contextmanager
-def load_watch() -> Iterator[Callable[[], str]]:
-    """The 1-minute load average at start and end: other processes on the machine skew absolute times."""
-    start = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
-    yield lambda: f"1-min load average {start} at start, " + (
-        Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
-    ) + f" at end, on {torch.get_num_threads()} threads"
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

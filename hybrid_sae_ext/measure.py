@@ -57,6 +57,19 @@ def peak_memory(device: str) -> Iterator[Callable[[], float]]:
         thread.join()
 
 
+def _load_average() -> str:
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[0] if path.exists() else "?"
+
+
+@contextlib.contextmanager
+def load_watch() -> Iterator[Callable[[], str]]:
+    """Yield a getter of the 1-minute load average at entry and now: other processes on the machine
+    skew absolute times, so every benchmark says how busy the machine was."""
+    start = _load_average()
+    yield lambda: f"1-min load average {start} at start, {_load_average()} at end, on {torch.get_num_threads()} threads"
+
+
 def timed(fn: Callable[[], object], device: str) -> float:
     """Seconds ``fn()`` takes, device work included."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None

@@ -1,13 +1,33 @@
-"""Session fixtures shared across test folders: a tiny comparison results folder made by a real run."""
+"""Fixtures shared across test folders: a tiny comparison results folder made by a real run, and the
+benchmark scripts loaded by path (they are scripts, not package modules)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig, run_comparison, write_results
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def load_benchmark() -> Callable[[str], ModuleType]:
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")
