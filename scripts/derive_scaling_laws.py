@@ -2,7 +2,7 @@
 
 Example (the embedded default model, offline, a few minutes on a CPU)::
 
-    python scripts/derive_scaling_laws.py --debug --out results/scaling-debug
+    python scripts/derive_scaling_laws.py --debug --architecture ksparse-matched --out results/scaling-debug/ksparse-matched
 
 Writes ``<out>/scaling.json`` (points, fits, config, device, versions), ``<out>/scaling.md`` and
 ``<out>/loss_vs_n_features.{png,svg}``, ``<out>/loss_vs_tokens.{png,svg}``. See
