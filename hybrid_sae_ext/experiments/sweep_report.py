@@ -257,6 +257,7 @@ def variants_markdown(reports: dict[str, dict[str, Any]]) -> str:
     seconds = ", ".join(f"{name} {r['seconds']['total']:.0f} s" for name, r in reports.items())
     finals = {name: {(p["n_features"], p["k"]): p for p in r["points"] if p["tokens"] == final}
               for name, r in reports.items()}
+    first = next(iter(reports))
 
     def fvu_cells(n: int, k: int) -> list[str]:
         values = {name: cells[n, k]["fvu"] for name, cells in finals.items()}
@@ -286,6 +287,14 @@ def variants_markdown(reports: dict[str, dict[str, Any]]) -> str:
         *_table(["variant", f"alpha [{level}]", f"beta [{level}]", f"c [{level}]", "R²"], (
             [name, _ci(j, "alpha"), _ci(j, "beta"), _ci(j, "c"), _r2(j)]
             for name, r in reports.items() for j in [r["fits"]["joint_n_k"]])),
+        "",
+        f"## Against `{first}`: held-out FVU at {final:,} tokens, cell by cell",
+        "",
+        *_table(["variant", f"cells where {first} is lower", f"FVU ratio variant / {first}: median [min, max]"], (
+            [name, f"{sum(r > 1 for r in ratios)} of {len(ratios)}",
+             f"{np.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"]
+            for name, cells in finals.items() if name != first
+            for ratios in [[cells[key]["fvu"] / finals[first][key]["fvu"] for key in sorted(cells)]])),
         "",
         f"## Held-out FVU at {final:,} tokens (lowest in bold), and L0 / dead fraction per variant",
         "",

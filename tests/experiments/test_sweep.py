@@ -137,6 +137,9 @@ def test_variants_are_compared_from_saved_sweeps(root: Path, sweep: tuple[Path, 
     best = min(range(2), key=lambda i: final[("hybrid", "ksparse-matched")[i]][n, k])
     cells[best] = f"**{cells[best]}**"
     assert f"| {n} | {k} | {cells[0]} | {cells[1]} |" in text
+    ratios = [final["ksparse-matched"][cell] / final["hybrid"][cell] for cell in final["hybrid"]]
+    wins = sum(ratio > 1 for ratio in ratios)
+    assert f"| ksparse-matched | {wins} of 12 | {np.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}] |" in text
     assert (root / "variants" / "variants_loss_vs_n_features.png").read_bytes()[:4] == b"\x89PNG"
     other = json.loads((matched[0] / "scaling.json").read_text())
     other["config"]["lr"] = 0.002
