@@ -221,7 +221,7 @@ def test_ksparse_matched_sweep_starts_from_the_comparisons_init() -> None:
 def test_jumprelu_sweeps_with_the_grid_k_as_target_l0(root: Path, sweep: tuple[Path, dict[str, Any]]) -> None:
     ks = KS[:2]
     cfg = SweepConfig(architecture="jumprelu", out=str(root / "jumprelu"), cache_dir=str(root / "cache"),
-                      batch_size=512, widths=WIDTHS, ks=ks, token_checkpoints=BUDGETS, heldout_tokens=2048,
+                      batch_size=1024, widths=WIDTHS, ks=ks, token_checkpoints=BUDGETS, heldout_tokens=2048,
                       n_boot=10, progress=False)
     report = derive_scaling_laws(cfg)
     assert len(report["points"]) == len(WIDTHS) * len(ks) * len(BUDGETS)
