@@ -61,6 +61,31 @@ def test_sparse_matches_dense_values_and_gradients(device: str, k: int, k_aux: i
         torch.testing.assert_close(g_s, g_d)
 
 
+def test_selection_in_row_blocks_with_halving_top_k_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seven-row blocks (the last one short), rows wide enough for several halving levels in the main
+    and the AuxK selection (exactly 256 dead latents): the same picks as numpy's full sort."""
+    from hybrid_sae_ext.kernels import selection
+
+    d_sae, k, k_aux = 512, 8, 5
+    monkeypatch.setattr(selection, "SELECTION_BLOCK_SCORES", 7 * d_sae)
+    x, W_enc, _, bias, _ = _problem("cpu", n=45, d_in=12, d_sae=d_sae)
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead[torch.randperm(d_sae, generator=torch.Generator().manual_seed(5))[:256]] = True
+    sel, aux = get_kernels("sparse").encode(x, W_enc, bias, k, dead, k_aux)
+    pre = _reference_pre(x, W_enc)
+    np.testing.assert_array_equal(sel.indices.numpy(), _numpy_topk(pre + bias.numpy(), k))
+    np.testing.assert_array_equal(aux.indices.numpy(), _numpy_topk(np.where(dead.numpy(), pre, -np.inf), k_aux))
+    np.testing.assert_allclose(aux.values.detach().numpy(), np.take_along_axis(pre, aux.indices.numpy(), 1))
+
+
+def test_more_auxk_picks_than_masked_latents_is_refused() -> None:
+    x, W_enc, _, bias, _ = _problem("cpu")
+    dead = torch.zeros(W_enc.shape[1], dtype=torch.bool)
+    dead[:3] = True
+    with pytest.raises(ValueError, match="k_aux=4 exceeds the 3 latents in aux_mask"):
+        get_kernels("sparse").encode(x, W_enc, bias, 8, dead, 4)
+
+
 @pytest.mark.parametrize("selection_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_selected_values_are_exact_dot_products(dtype: torch.dtype, selection_dtype: str) -> None:
