@@ -45,6 +45,7 @@ from sae_lens.saes.sae import (
 
 from hybrid_sae_ext.kernels import KERNEL_BACKENDS, TopKSelection, get_kernels
 from hybrid_sae_ext.kernels.primitives import gathered_dot
+from hybrid_sae_ext.kernels.row_norms import inverse_row_norms
 from hybrid_sae_ext.kernels.selection import SELECTION_DTYPES, select_topk
 
 # Normalizations applied inside the SAE's forward would put the AuxK residual and the MSE target
@@ -377,7 +378,7 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
         The sparse forward scales the selected codes by it instead of normalising the whole decoder:
         the same products, without two ``d_sae x d_in`` passes forward and ~8 backward per step.
         """
-        return self.W_dec.norm(dim=-1).clamp_min(1e-8).reciprocal()
+        return inverse_row_norms(self.W_dec)
 
     @override
     def decoder_rows(self) -> Tensor:

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-HALVING_MIN_WIDTH = 16
+HALVING_MIN_WIDTH = 8
 """Rows narrower than this many times ``k`` go to ``torch.topk`` directly (halving gains nothing there)."""
 
 

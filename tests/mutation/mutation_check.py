@@ -64,7 +64,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("AuxK scale not capped at 1", "scale = min(n_dead / self.cfg.effective_k_aux, 1.0)",
            "scale = n_dead / self.cfg.effective_k_aux"),
     Mutant("training decoder rows not unit-norm",
-           "return self.W_dec.norm(dim=-1).clamp_min(1e-8).reciprocal()", "return torch.ones_like(self.b_gate)"),
+           "return inverse_row_norms(self.W_dec)", "return torch.ones_like(self.b_gate)"),
     Mutant("dead gates get no gradient", "dead_gate = aux.values.detach() + self.b_gate[aux.indices]",
            "dead_gate = aux.values.detach() + self.b_gate[aux.indices].detach()"),
     Mutant("dead-gate term trains the decoder", "gathered_dot(residual, W_dec.detach().t(), aux.indices)",
