@@ -164,6 +164,23 @@ def test_primitives_against_einsum() -> None:
     torch.testing.assert_close(gather_sum(vals, idx, table), torch.einsum("nk,nkd->nd", vals, table[idx]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scatter_matmul_adds_duplicates_and_zeroes_unused_latents(dtype: torch.dtype) -> None:
+    """The output is written into uninitialised memory: rows of latents no token chose must be 0 even
+    where that memory held NaN (freed just before, so the allocator hands it out again)."""
+    gen = torch.Generator().manual_seed(3)
+    n, k, n_out, d = 40, 5, 300, 16
+    idx = torch.randint(0, n_out // 3, (n, k), generator=gen)  # two thirds of the latents unused
+    idx[:, 1] = idx[:, 0]  # the same latent twice in every row: both entries count
+    vals, rows = torch.randn(n, k, generator=gen, dtype=dtype), torch.randn(n, d, generator=gen, dtype=dtype)
+    expected = torch.zeros(n_out, d, dtype=dtype).index_add_(0, idx.reshape(-1), (vals[..., None] * rows[:, None]).reshape(-1, d))
+    for _ in range(3):
+        poison = torch.full((n_out, d), float("nan"), dtype=dtype)
+        del poison
+        torch.testing.assert_close(scatter_matmul(vals, idx, rows, n_out), expected)
+    assert scatter_matmul(vals[:, :0], idx[:, :0], rows, n_out).eq(0).all()
+
+
 def test_primitives_accumulate_bfloat16_in_float32() -> None:
     """Long bf16 sums: fp32 accumulation is within one bf16 rounding of the float64 truth; bf16
     accumulation (each partial sum rounded) would be off by many units."""
