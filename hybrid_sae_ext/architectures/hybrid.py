@@ -421,12 +421,15 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
             self._track_target_l0(gate_pre.detach())
         # decode(v, idx, unit-norm rows) == decode(v * scales[idx], idx, W_dec): see ``decoder_scales``.
         scales, W_dec = self.decoder_scales(), self.W_dec
-        sae_out = kernels.decode(values * scales[sel.indices], sel.indices, W_dec) + self.b_dec
-        mse = (sae_out - target).pow(2).sum(-1).mean()
-
         gate_act = torch.relu(gate_pre)
         gate_codes = gate_act * scales.detach()[sel.indices]
-        via_gate = kernels.decode(gate_codes, sel.indices, W_dec.detach()) + self.b_dec.detach()
+        # The gated auxiliary reconstruction trains the gate only: its decoder and b_dec are detached.
+        decoded, gate_decoded = kernels.decode_pair(
+            values * scales[sel.indices], gate_codes, sel.indices, W_dec, W_dec.detach()
+        )
+        sae_out = decoded + self.b_dec
+        mse = (sae_out - target).pow(2).sum(-1).mean()
+        via_gate = gate_decoded + self.b_dec.detach()
         gate_aux = self.cfg.gate_aux_coefficient * (via_gate - target).pow(2).sum(-1).mean()
         l1_coef = self.cfg.l1_coefficient if l1_coefficient is None else l1_coefficient
         l1 = l1_coef * gate_act.sum(-1).mean()

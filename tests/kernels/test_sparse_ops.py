@@ -78,6 +78,31 @@ def test_selection_in_row_blocks_with_halving_top_k_matches_numpy(monkeypatch: p
     np.testing.assert_allclose(aux.values.detach().numpy(), np.take_along_axis(pre, aux.indices.numpy(), 1))
 
 
+@pytest.mark.parametrize("second_table", ["detached", "same", "other"])
+@pytest.mark.parametrize("backend", ["sparse", "dense"])
+def test_decode_pair_equals_two_decodes(backend: str, second_table: str) -> None:
+    """Outputs and every gradient as two einsum decodes; a detached second table gets no gradient."""
+    gen = torch.Generator().manual_seed(7)
+    n, k, d_sae, d_in = 13, 4, 40, 6
+    idx = torch.randint(0, d_sae, (n, k), generator=gen).sort(dim=-1).values
+    a, b = (torch.randn(n, k, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2))
+    W = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float64).requires_grad_()
+    W_other = {"detached": W.detach(), "same": W,
+               "other": torch.randn(d_sae, d_in, generator=gen, dtype=torch.float64).requires_grad_()}[second_table]
+    r1, r2 = torch.randn(n, d_in, generator=gen, dtype=torch.float64), torch.randn(n, d_in, generator=gen, dtype=torch.float64)
+
+    def grads(first: torch.Tensor, second: torch.Tensor) -> list[torch.Tensor | None]:
+        inputs = [a, b, W] + ([W_other] if second_table == "other" else [])
+        return list(torch.autograd.grad((first * r1).sum() + (second * r2).sum(), inputs, allow_unused=True))
+
+    first, second = get_kernels(backend).decode_pair(a, b, idx, W, W_other)
+    expected = (torch.einsum("nk,nkd->nd", a, W[idx]), torch.einsum("nk,nkd->nd", b, W_other[idx]))
+    torch.testing.assert_close(first, expected[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(second, expected[1], rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads(first, second), grads(*expected)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_more_auxk_picks_than_masked_latents_is_refused() -> None:
     x, W_enc, _, bias, _ = _problem("cpu")
     dead = torch.zeros(W_enc.shape[1], dtype=torch.bool)

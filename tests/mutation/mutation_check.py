@@ -43,8 +43,8 @@ class Mutant:
 
 
 MUTANTS: tuple[Mutant, ...] = (
-    Mutant("gate-aux decoder not detached",
-           "kernels.decode(gate_codes, sel.indices, W_dec.detach())", "kernels.decode(gate_codes, sel.indices, W_dec)"),
+    Mutant("gate-aux decoder not detached", "gate_codes, sel.indices, W_dec, W_dec.detach()",
+           "gate_codes, sel.indices, W_dec, W_dec"),
     Mutant("AuxK sign flipped", "(aux_recon - residual)", "(aux_recon + residual)"),
     Mutant("exp(r_mag) -> 1 + r_mag", "self.r_mag[idx].exp()", "(1 + self.r_mag[idx])"),
     Mutant("AuxK scale dropped", "self.cfg.aux_k_coefficient * scale *", "self.cfg.aux_k_coefficient *"),
@@ -53,11 +53,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("L1 summed instead of averaged", "gate_act.sum(-1).mean()", "gate_act.sum()"),
     Mutant("b_mag dropped", " * selection.values + self.b_mag[idx])", " * selection.values)"),
     # our own
-    Mutant("gate-aux b_dec not detached", "W_dec.detach()) + self.b_dec.detach()", "W_dec.detach()) + self.b_dec"),
+    Mutant("gate-aux b_dec not detached", "via_gate = gate_decoded + self.b_dec.detach()",
+           "via_gate = gate_decoded + self.b_dec"),
     Mutant("gate-aux decoder norms not detached", "gate_act * scales.detach()[sel.indices]",
            "gate_act * scales[sel.indices]"),
-    Mutant("training decode skips the unit norm", "values * scales[sel.indices], sel.indices, W_dec)",
-           "values, sel.indices, W_dec)"),
+    Mutant("training decode skips the unit norm", "values * scales[sel.indices], gate_codes,",
+           "values, gate_codes,"),
     Mutant("gate-aux without relu", "gate_act = torch.relu(gate_pre)", "gate_act = gate_pre"),
     Mutant("MSE averaged over d_in too", "mse = (sae_out - target).pow(2).sum(-1).mean()",
            "mse = (sae_out - target).pow(2).mean()"),
