@@ -16,6 +16,7 @@ update in fp32 and copying the result into the bf16 weights restores fp32 qualit
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,25 +27,81 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 FUSED_DEVICE_TYPES = ("cpu", "cuda")
 
 
-def _in_layout_of(param: Tensor, tensor: Tensor) -> Tensor:
-    """``tensor``'s values with ``param``'s strides (``empty_like`` keeps a dense parameter's strides)."""
-    return torch.empty_like(param, dtype=tensor.dtype).copy_(tensor)
+def _in_layout_of(like: Tensor, tensor: Tensor) -> Tensor:
+    """``tensor``'s values with ``like``'s strides (``empty_like`` keeps a dense tensor's strides)."""
+    return torch.empty_like(like, dtype=tensor.dtype).copy_(tensor)
+
+
+def _memory_order(tensor: Tensor) -> list[int]:
+    """Dimensions by decreasing stride: ``tensor.permute(order)`` is contiguous when ``tensor`` is dense."""
+    return sorted(range(tensor.ndim), key=lambda dim: -tensor.stride(dim))
+
+
+def _inverse(order: list[int]) -> list[int]:
+    return sorted(range(len(order)), key=order.__getitem__)
 
 
 class LayoutSafeAdam(torch.optim.Adam):
-    """``torch.optim.Adam`` that first gives every gradient and moment its parameter's memory layout."""
+    """``torch.optim.Adam`` stepping each parameter through a contiguous view of its memory.
+
+    A transposed parameter (the hybrid's ``W_enc``) is stepped as its transpose, so the fused kernel
+    sees only contiguous tensors (it would otherwise copy the gradient every step); gradients and
+    moments in any other layout are first copied into that one. ``state_dict`` reports the moments in
+    the parameters' own shapes and ``load_state_dict`` takes them so: checkpoints keep their format.
+    Takes a flat list of parameters (one param group).
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], **adam_kwargs: object) -> None:
+        self.model_params = list(params)
+        self._targets = [self._target(p) for p in self.model_params]
+        self._orders = [_memory_order(t) for t in self._targets]
+        super().__init__([t.permute(o) for t, o in zip(self._targets, self._orders)], **adam_kwargs)  # type: ignore[arg-type]
+
+    def _target(self, param: nn.Parameter) -> Tensor:
+        """The tensor this optimizer updates for ``param`` (in ``param``'s layout): the parameter itself."""
+        return param.detach()
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[no-untyped-def, override]
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is not None and param.grad.stride() != param.stride():
-                    param.grad = _in_layout_of(param, param.grad)
-                state = self.state.get(param, {})
-                for name, value in state.items():
-                    if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                        state[name] = _in_layout_of(param, value)
+        for view, param, target, order in zip(self.param_groups[0]["params"], self.model_params, self._targets,
+                                              self._orders):
+            grad = param.grad
+            if grad is not None and grad.stride() != target.stride():
+                grad = _in_layout_of(target, grad)
+            view.grad = None if grad is None else grad.to(view.dtype).permute(order)
+            state = self.state.get(view, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == view.shape and value.stride() != view.stride():
+                    state[name] = _in_layout_of(view, value)
         return super().step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for param in self.model_params:
+            if set_to_none:
+                param.grad = None
+            elif param.grad is not None:
+                param.grad.zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["state"] = {index: self._reshaped(index, entries, to_view=False) for index, entries in state["state"].items()}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = {index: self._reshaped(int(index), entries, to_view=True) for index, entries in state_dict["state"].items()}
+        super().load_state_dict({**state_dict, "state": state})
+
+    def _reshaped(self, index: int, entries: dict[str, Any], to_view: bool) -> dict[str, Any]:
+        """Moments of parameter ``index`` permuted between its shape and its view's (a new dict)."""
+        order = self._orders[index]
+        shape = self.model_params[index].shape
+        permutation = order if to_view else _inverse(order)
+        wanted = shape if to_view else torch.Size([shape[d] for d in order])
+        return {
+            name: value.permute(permutation) if torch.is_tensor(value) and value.shape == wanted else value
+            for name, value in entries.items()
+        }
 
 
 class MasterWeightAdam(LayoutSafeAdam):
@@ -54,24 +111,14 @@ class MasterWeightAdam(LayoutSafeAdam):
     resumed run re-derives the copies from the stored (rounded) weights.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], **adam_kwargs: object) -> None:
-        self.model_params = list(params)
-        masters = [p.detach().float() for p in self.model_params]
-        super().__init__(masters, **adam_kwargs)  # type: ignore[arg-type]
+    def _target(self, param: nn.Parameter) -> Tensor:
+        return param.detach().float()
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[no-untyped-def, override]
-        masters = self.param_groups[0]["params"]
-        for master, param in zip(masters, self.model_params):
-            master.grad = None if param.grad is None else param.grad.float()
         loss = super().step(closure)
-        torch._foreach_copy_(self.model_params, masters)
+        torch._foreach_copy_(self.model_params, self._targets)
         return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        super().zero_grad(set_to_none)
-        for param in self.model_params:
-            param.grad = None
 
 
 def make_adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:

@@ -3,6 +3,7 @@ its gradient or its moments (the fused kernels misread tensors whose layouts dif
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hybrid_sae_ext.training.optimizer import make_adam
@@ -26,22 +27,28 @@ def test_make_adam_uses_the_fused_kernel_on_cpu() -> None:
     assert optimizer.defaults["fused"] is True
 
 
-def test_adam_update_is_exact_for_a_transposed_parameter_and_reloaded_moments() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adam_update_is_exact_for_a_transposed_parameter_and_reloaded_moments(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(0)
-    start = torch.randn(7, 5, generator=gen)
-    param = torch.nn.Parameter(start.t().contiguous().t())  # [7, 5] stored transposed, like the hybrid's W_enc
+    start = torch.randn(7, 5, generator=gen).to(dtype).float()
+    param = torch.nn.Parameter(start.to(dtype).t().contiguous().t())  # [7, 5] stored transposed, like W_enc
     assert not param.is_contiguous()
-    grads = [torch.randn(7, 5, generator=gen) for _ in range(6)]
+    grads = [torch.randn(7, 5, generator=gen).to(dtype).float() for _ in range(6)]
     optimizer = make_adam([param], lr=LR)
+    stepped = optimizer.param_groups[0]["params"][0]
+    assert stepped.is_contiguous(), "the fused kernel must see a contiguous tensor (else it copies the gradient)"
     for step, grad in enumerate(grads):
-        param.grad = grad.clone()  # contiguous: a layout other than the parameter's
+        param.grad = grad.to(dtype).clone()  # contiguous: a layout other than the parameter's
         optimizer.step()
         optimizer.zero_grad()
-        if step == 2:  # a checkpoint round trip brings the moments back contiguous
+        assert param.grad is None
+        if step == 2:  # a checkpoint round trip: moments in the parameter's shape, back contiguous
             state = optimizer.state_dict()
+            assert state["state"][0]["exp_avg"].shape == param.shape
             for moments in state["state"].values():
                 for name, value in moments.items():
                     moments[name] = value.contiguous().clone() if value.ndim else value.clone()
             optimizer = make_adam([param], lr=LR)
             optimizer.load_state_dict(state)
-    torch.testing.assert_close(param.detach().double(), _reference_adam(start, grads), rtol=1e-5, atol=1e-6)
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=0, atol=2**-7)
+    torch.testing.assert_close(param.detach().double(), _reference_adam(start, grads), **tolerance)
