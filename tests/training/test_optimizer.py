@@ -50,5 +50,5 @@ def test_adam_update_is_exact_for_a_transposed_parameter_and_reloaded_moments(dt
                     moments[name] = value.contiguous().clone() if value.ndim else value.clone()
             optimizer = make_adam([param], lr=LR)
             optimizer.load_state_dict(state)
-    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=0, atol=2**-7)
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 0, "atol": 2**-7}
     torch.testing.assert_close(param.detach().double(), _reference_adam(start, grads), **tolerance)
