@@ -6,8 +6,8 @@ after the top-k selection at ``batch x k``; ``"dense"`` is the autograd referenc
 
 from typing import Callable, Literal, NamedTuple
 
-from hybrid_sae_ext.kernels.dense import dense_decode, dense_encode
-from hybrid_sae_ext.kernels.sparse_ops import sparse_decode, sparse_encode
+from hybrid_sae_ext.kernels.dense import dense_decode, dense_decode_pair, dense_encode
+from hybrid_sae_ext.kernels.sparse_ops import sparse_decode, sparse_decode_pair, sparse_encode
 from hybrid_sae_ext.kernels.types import TopKSelection
 
 KernelBackend = Literal["sparse", "dense"]
@@ -15,18 +15,20 @@ KERNEL_BACKENDS: tuple[str, ...] = ("sparse", "dense")
 
 
 class Kernels(NamedTuple):
-    """The encode/decode pair of one backend (same signatures across backends)."""
+    """The encode/decode functions of one backend (same signatures across backends)."""
 
     encode: Callable[..., tuple[TopKSelection, TopKSelection | None]]
     decode: Callable[..., "object"]
+    decode_pair: Callable[..., tuple["object", "object"]]
+    """Two decodes of one index set (``sparse_decode_pair``)."""
 
 
 def get_kernels(backend: str) -> Kernels:
     """Return the encode/decode functions of ``backend`` (``"sparse"`` or ``"dense"``)."""
     if backend == "sparse":
-        return Kernels(sparse_encode, sparse_decode)
+        return Kernels(sparse_encode, sparse_decode, sparse_decode_pair)
     if backend == "dense":
-        return Kernels(dense_encode, dense_decode)
+        return Kernels(dense_encode, dense_decode, dense_decode_pair)
     raise ValueError(f"Unknown kernel backend {backend!r}; allowed: {', '.join(KERNEL_BACKENDS)}")
 
 
@@ -36,8 +38,10 @@ __all__ = [
     "Kernels",
     "TopKSelection",
     "dense_decode",
+    "dense_decode_pair",
     "dense_encode",
     "get_kernels",
     "sparse_decode",
+    "sparse_decode_pair",
     "sparse_encode",
 ]

@@ -38,3 +38,14 @@ def dense_decode(
         values.shape[0], W_dec.shape[0], dtype=values.dtype, device=values.device
     ).scatter(1, indices, values)
     return codes @ W_dec
+
+
+def dense_decode_pair(
+    values: Float[Tensor, "n k"],
+    other_values: Float[Tensor, "n k"],
+    indices: Int[Tensor, "n k"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    other_W_dec: Float[Tensor, "d_sae d_in"],
+) -> tuple[Float[Tensor, "n d_in"], Float[Tensor, "n d_in"]]:
+    """Same contract as ``sparse_decode_pair``: two dense decodes."""
+    return dense_decode(values, indices, W_dec), dense_decode(other_values, indices, other_W_dec)

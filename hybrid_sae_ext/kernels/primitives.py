@@ -73,12 +73,20 @@ def scatter_matmul(
         return triton_ops.scatter_matmul(values, indices, rows, n_out)
     dtype = accumulation_dtype(values, rows)
     n, k = indices.shape
-    token = torch.arange(n, device=indices.device).repeat_interleave(k)
-    s_transposed = torch.sparse_coo_tensor(
-        torch.stack([indices.reshape(-1), token]), values.reshape(-1).to(dtype), (n_out, n),
-        check_invariants=False,
+    if k == 0:
+        return rows.new_zeros(n_out, rows.shape[1])
+    # S^T as CSR, one row per latent (a stable sort by latent; int32 sorts twice as fast): the in-place
+    # addmm with beta=0 then writes every output row once into uninitialised memory, where COO
+    # sparse.mm zero-fills it twice first and the out-of-place addmm copies it once more.
+    flat = indices.reshape(-1)
+    order = flat.to(torch.int32).sort(stable=True).indices
+    crow = torch.bincount(flat, minlength=n_out).cumsum(0)
+    crow = torch.cat([crow.new_zeros(1), crow])
+    s_transposed = torch.sparse_csr_tensor(
+        crow, order // k, values.reshape(-1)[order].to(dtype), (n_out, n), check_invariants=False
     )
-    return torch.sparse.mm(s_transposed, rows.to(dtype)).to(rows.dtype)
+    out = rows.new_empty(n_out, rows.shape[1], dtype=dtype)
+    return out.addmm_(s_transposed, rows.to(dtype), beta=0.0).to(rows.dtype)
 
 
 def gather_sum(

@@ -6,6 +6,11 @@ faster than fp32 on CPUs with avx512_bf16/AMX and on tensor cores); the top ``k 
 candidates are then rescored exactly (gathered dot products, ``(k + margin) x d_in`` per token,
 accumulated in fp32) and the final top-k is taken on the exact scores. Values and gradients stay
 exact; only near-ties at the k-th place can differ from an exact fp32 selection.
+
+The scores are computed and selected from in row blocks of ``SELECTION_BLOCK_SCORES`` (each block is
+still in cache when its top-k is taken, and no ``batch x d_sae`` matrix is ever held), with the exact
+halving top-k of ``topk``. AuxK's dead latents are scored by their own product over the dead columns
+only, so its selection costs in proportion to the number of dead latents.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hybrid_sae_ext.kernels.primitives import gathered_dot
+from hybrid_sae_ext.kernels.topk import topk_indices
 
 SelectionDtype = Literal["auto", "float32", "bfloat16"]
 SELECTION_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
@@ -26,6 +32,9 @@ AUTO_MIN_SPEEDUP = 1.3
 AUTO_MIN_FLOPS = 2**28
 """Below this encoder GEMM size ``auto`` is exact fp32 without timing: the time is noise there, and a
 choice that could flip between runs would make small runs irreproducible."""
+
+SELECTION_BLOCK_SCORES = 2**22
+"""Scores per row block (8 MiB in bf16); about the fastest block size on the 2-core Xeon at both shapes."""
 
 _auto_choice: dict[tuple[str, int, int, int, int], str] = {}
 
@@ -42,18 +51,13 @@ def candidate_margin(k: int, d_sae: int) -> int:
     return min(max(8, k // 2), d_sae - k)
 
 
-def _scores(x: Tensor, W_enc: Tensor, bias: Tensor, dtype: torch.dtype) -> Tensor:
-    """``x @ W_enc + bias`` in ``dtype`` (one GEMM; the bias rides along)."""
-    return torch.addmm(bias.to(dtype), x.to(dtype), W_enc.to(dtype))
-
-
 def _exact_dtype(x: Tensor) -> torch.dtype:
     """The dtype of exact scores: the input's own if it is at least fp32, else fp32."""
     return torch.promote_types(x.dtype, torch.float32)
 
 
 def _sorted_topk(scores: Tensor, k: int) -> Tensor:
-    return scores.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+    return topk_indices(scores, k).sort(dim=-1).values
 
 
 def select_topk(
@@ -94,23 +98,46 @@ def select(
         bias = bias.detach()
         W_enc = W_enc.detach()
         exact = selection_dtype == "float32"
-        scores = _scores(x, W_enc, bias, _exact_dtype(x) if exact else torch.bfloat16)
+        n_candidates = k if exact else k + candidate_margin(k, W_enc.shape[1])
+        dead = aux_mask.nonzero().squeeze(1) if aux_mask is not None and k_aux > 0 else None
+        if dead is not None and k_aux > dead.numel():
+            raise ValueError(f"k_aux={k_aux} exceeds the {dead.numel()} latents in aux_mask")
+        candidates, dead_picks = _blocked_topk(
+            x, W_enc, bias, n_candidates, dead, k_aux, _exact_dtype(x) if exact else torch.bfloat16
+        )
         if exact:
-            indices = _sorted_topk(scores, k)
-            main = Selection(indices, gathered_dot(x, W_enc, indices).to(x.dtype))
+            main = Selection(candidates, gathered_dot(x, W_enc, candidates).to(x.dtype))
         else:
-            main = _rescored_topk(x, W_enc, bias, scores, k)
+            main = _rescored_topk(x, W_enc, bias, candidates, k)
         aux = None
-        if aux_mask is not None and k_aux > 0:
-            masked = scores.sub_(bias.to(scores.dtype)).masked_fill_(~aux_mask, float("-inf"))
-            aux_indices = _sorted_topk(masked, k_aux)
-            aux = Selection(aux_indices, gathered_dot(x, W_enc, aux_indices).to(x.dtype))
+        if dead_picks is not None:
+            aux = Selection(dead_picks, gathered_dot(x, W_enc, dead_picks).to(x.dtype))
     return main, aux
 
 
-def _rescored_topk(x: Tensor, W_enc: Tensor, bias: Tensor, scores: Tensor, k: int) -> Selection:
-    """Top ``k + margin`` of the low-precision ``scores``, then the exact top-k among them."""
-    candidates = _sorted_topk(scores, k + candidate_margin(k, scores.shape[1]))
+def _blocked_topk(
+    x: Tensor, W_enc: Tensor, bias: Tensor, k: int, dead: Tensor | None, k_aux: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor | None]:
+    """Sorted indices of the top-k of ``x @ W_enc + bias`` and (with ``dead``) of the top-``k_aux`` of
+    ``x @ W_enc[:, dead]``, all scored in ``dtype``, one row block at a time."""
+    W_scores, bias_scores = W_enc.to(dtype), bias.to(dtype)
+    # index_select on W_enc^T keeps the latent-major layout of the gathered columns
+    W_dead = None if dead is None else W_enc.t().index_select(0, dead).t().to(dtype)
+    block_rows = max(1, SELECTION_BLOCK_SCORES // W_enc.shape[1])
+    main: list[Tensor] = []
+    aux: list[Tensor] = []
+    for x_block in x.split(block_rows):
+        x_block = x_block.to(dtype)
+        main.append(topk_indices(torch.addmm(bias_scores, x_block, W_scores), k))
+        if W_dead is not None:
+            aux.append(topk_indices(x_block @ W_dead, k_aux))
+    main_indices = torch.cat(main).sort(dim=-1).values
+    aux_indices = None if dead is None else dead[torch.cat(aux)].sort(dim=-1).values
+    return main_indices, aux_indices
+
+
+def _rescored_topk(x: Tensor, W_enc: Tensor, bias: Tensor, candidates: Tensor, k: int) -> Selection:
+    """The exact top-k among low-precision ``candidates`` (sorted indices, ``k + margin`` per row)."""
     pre = gathered_dot(x, W_enc, candidates)
     pick = (pre + bias.to(pre.dtype)[candidates]).topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
     return Selection(candidates.gather(1, pick), pre.gather(1, pick).to(x.dtype))

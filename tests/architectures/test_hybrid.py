@@ -148,6 +148,18 @@ def test_training_and_inference_agree_after_saelens_save_load(tmp_path) -> None:
     torch.testing.assert_close(loaded(x), expected)
 
 
+def test_encoder_is_stored_latent_major_and_saved_in_saelens_layout(tmp_path) -> None:
+    """Every sparse product reads W_enc columns: they are contiguous, before and after a save/load."""
+    sae = _trained_like("sparse")
+    assert sae.W_enc.shape == (16, 128) and sae.W_enc.t().is_contiguous()
+    saved = sae.state_dict()["W_enc"]
+    assert saved.is_contiguous() and torch.equal(saved, sae.W_enc.detach())
+    sae.save_inference_model(tmp_path)
+    loaded = SAE.load_from_disk(tmp_path, dtype="float64")
+    assert loaded.W_enc.t().is_contiguous() and torch.equal(loaded.W_enc, sae.W_enc.detach())
+    assert HybridSAE(HybridSAEConfig(d_in=8, d_sae=32, k=4)).W_enc.t().is_contiguous()
+
+
 def _randomized_inference_sae() -> HybridSAE:
     torch.manual_seed(4)
     sae = HybridSAE(HybridSAEConfig(d_in=8, d_sae=48, k=6, dtype="float64"))

@@ -61,6 +61,56 @@ def test_sparse_matches_dense_values_and_gradients(device: str, k: int, k_aux: i
         torch.testing.assert_close(g_s, g_d)
 
 
+def test_selection_in_row_blocks_with_halving_top_k_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seven-row blocks (the last one short), rows wide enough for several halving levels in the main
+    and the AuxK selection (exactly 256 dead latents): the same picks as numpy's full sort."""
+    from hybrid_sae_ext.kernels import selection
+
+    d_sae, k, k_aux = 512, 8, 5
+    monkeypatch.setattr(selection, "SELECTION_BLOCK_SCORES", 7 * d_sae)
+    x, W_enc, _, bias, _ = _problem("cpu", n=45, d_in=12, d_sae=d_sae)
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead[torch.randperm(d_sae, generator=torch.Generator().manual_seed(5))[:256]] = True
+    sel, aux = get_kernels("sparse").encode(x, W_enc, bias, k, dead, k_aux)
+    pre = _reference_pre(x, W_enc)
+    np.testing.assert_array_equal(sel.indices.numpy(), _numpy_topk(pre + bias.numpy(), k))
+    np.testing.assert_array_equal(aux.indices.numpy(), _numpy_topk(np.where(dead.numpy(), pre, -np.inf), k_aux))
+    np.testing.assert_allclose(aux.values.detach().numpy(), np.take_along_axis(pre, aux.indices.numpy(), 1))
+
+
+@pytest.mark.parametrize("second_table", ["detached", "same", "other"])
+@pytest.mark.parametrize("backend", ["sparse", "dense"])
+def test_decode_pair_equals_two_decodes(backend: str, second_table: str) -> None:
+    """Outputs and every gradient as two einsum decodes; a detached second table gets no gradient."""
+    gen = torch.Generator().manual_seed(7)
+    n, k, d_sae, d_in = 13, 4, 40, 6
+    idx = torch.randint(0, d_sae, (n, k), generator=gen).sort(dim=-1).values
+    a, b = (torch.randn(n, k, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2))
+    W = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float64).requires_grad_()
+    W_other = {"detached": W.detach(), "same": W,
+               "other": torch.randn(d_sae, d_in, generator=gen, dtype=torch.float64).requires_grad_()}[second_table]
+    r1, r2 = torch.randn(n, d_in, generator=gen, dtype=torch.float64), torch.randn(n, d_in, generator=gen, dtype=torch.float64)
+
+    def grads(first: torch.Tensor, second: torch.Tensor) -> list[torch.Tensor | None]:
+        inputs = [a, b, W] + ([W_other] if second_table == "other" else [])
+        return list(torch.autograd.grad((first * r1).sum() + (second * r2).sum(), inputs, allow_unused=True))
+
+    first, second = get_kernels(backend).decode_pair(a, b, idx, W, W_other)
+    expected = (torch.einsum("nk,nkd->nd", a, W[idx]), torch.einsum("nk,nkd->nd", b, W_other[idx]))
+    torch.testing.assert_close(first, expected[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(second, expected[1], rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads(first, second), grads(*expected)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_more_auxk_picks_than_masked_latents_is_refused() -> None:
+    x, W_enc, _, bias, _ = _problem("cpu")
+    dead = torch.zeros(W_enc.shape[1], dtype=torch.bool)
+    dead[:3] = True
+    with pytest.raises(ValueError, match="k_aux=4 exceeds the 3 latents in aux_mask"):
+        get_kernels("sparse").encode(x, W_enc, bias, 8, dead, 4)
+
+
 @pytest.mark.parametrize("selection_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_selected_values_are_exact_dot_products(dtype: torch.dtype, selection_dtype: str) -> None:
@@ -137,6 +187,23 @@ def test_primitives_against_einsum() -> None:
     expected = torch.zeros(30, 7).index_add_(0, idx.reshape(-1), (vals[..., None] * rows[:, None]).reshape(-1, 7))
     torch.testing.assert_close(scatter_matmul(vals, idx, rows, 30), expected)
     torch.testing.assert_close(gather_sum(vals, idx, table), torch.einsum("nk,nkd->nd", vals, table[idx]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scatter_matmul_adds_duplicates_and_zeroes_unused_latents(dtype: torch.dtype) -> None:
+    """The output is written into uninitialised memory: rows of latents no token chose must be 0 even
+    where that memory held NaN (freed just before, so the allocator hands it out again)."""
+    gen = torch.Generator().manual_seed(3)
+    n, k, n_out, d = 40, 5, 300, 16
+    idx = torch.randint(0, n_out // 3, (n, k), generator=gen)  # two thirds of the latents unused
+    idx[:, 1] = idx[:, 0]  # the same latent twice in every row: both entries count
+    vals, rows = torch.randn(n, k, generator=gen, dtype=dtype), torch.randn(n, d, generator=gen, dtype=dtype)
+    expected = torch.zeros(n_out, d, dtype=dtype).index_add_(0, idx.reshape(-1), (vals[..., None] * rows[:, None]).reshape(-1, d))
+    for _ in range(3):
+        poison = torch.full((n_out, d), float("nan"), dtype=dtype)
+        del poison
+        torch.testing.assert_close(scatter_matmul(vals, idx, rows, n_out), expected)
+    assert scatter_matmul(vals[:, :0], idx[:, :0], rows, n_out).eq(0).all()
 
 
 def test_primitives_accumulate_bfloat16_in_float32() -> None:

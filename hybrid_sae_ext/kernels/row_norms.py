@@ -1,0 +1,35 @@
+"""``1 / ||W[i]||`` per row with a one-pass backward: the unit-norm decoder as a reparametrisation.
+
+Why: autograd through ``W.norm(dim=-1).clamp_min(eps).reciprocal()`` spends three ``d_sae x d_in``
+passes in the backward (divide, multiply, mask); the gradient is ``-g_i W[i] / ||W[i]||^3``, a single
+scaled copy of ``W``.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+NORM_FLOOR = 1e-8
+"""Norms below this are clamped (an all-zero row gets scale ``1 / NORM_FLOOR`` and no gradient)."""
+
+
+class _InverseRowNorms(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, W: Tensor) -> Tensor:  # type: ignore[override]
+        norms = torch.linalg.vector_norm(W, dim=-1)
+        scales = norms.clamp_min(NORM_FLOOR).reciprocal()
+        ctx.save_for_backward(W, scales, norms >= NORM_FLOOR)
+        return scales
+
+    @staticmethod
+    def backward(ctx, grad_scales: Tensor) -> Tensor:  # type: ignore[override]
+        W, scales, unclamped = ctx.saved_tensors
+        row_factor = torch.where(unclamped, -grad_scales * scales.pow(3), 0.0)
+        return W * row_factor.to(W.dtype).unsqueeze(-1)
+
+
+def inverse_row_norms(W: Float[Tensor, "rows d"]) -> Float[Tensor, " rows"]:
+    """``1 / max(||W[i]||, NORM_FLOOR)`` for every row ``i``, differentiable in ``W``."""
+    return _InverseRowNorms.apply(W)  # type: ignore[no-any-return]
