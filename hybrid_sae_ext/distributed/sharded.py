@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from hybrid_sae_ext.architectures.hybrid import HybridLosses, HybridTrainingSAE, SparseCodes
 from hybrid_sae_ext.kernels.primitives import gathered_dot
+from hybrid_sae_ext.kernels.row_norms import inverse_row_norms
 from hybrid_sae_ext.kernels.sparse_ops import gather_sum
 
 _SHARDED_PARAMS = ("W_enc", "W_dec", "b_gate", "r_mag", "b_mag")
@@ -68,7 +69,7 @@ class ShardedHybridSAE(nn.Module):
         self.b_dec = nn.Parameter(full.b_dec.detach().clone())
 
     def _decoder_rows(self) -> Tensor:
-        return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        return self.W_dec * inverse_row_norms(self.W_dec)[:, None]  # as HybridTrainingSAE.decoder_rows
 
     def _global_topk(self, local_scores: Tensor, k: int) -> Int[Tensor, "n k"]:
         """Global top-k latent ids from every rank's local top-k candidates, sorted per row."""

@@ -201,10 +201,10 @@ def evaluate(sae: TrainingSAE[Any], heldout: Tensor) -> tuple[float, float, floa
     return 1.0 - recon.explained_variance(), latents.l0_mean(), float((latents.fire_counts == 0).double().mean())
 
 
-def build_trainer(cfg: SweepConfig, n_features: int, k: int, d_in: int, upstream: SingleHookSource) -> Trainer:
-    """The trainer of grid cell (n_features, k): the variant's SAE, the sweep's shared schedule."""
-    variant = cfg.variant
-    settings = settings_at(variant, k)
+def build_trainer(cfg: SweepConfig, variant: ComparisonVariant, settings: dict[str, float], n_features: int, k: int,
+                  d_in: int, upstream: SingleHookSource) -> Trainer:
+    """The trainer of grid cell (n_features, k): the variant's SAE at ``settings`` (``settings_at(variant, k)``),
+    the sweep's shared schedule."""
     sae = build_variant_sae(variant, settings, d_in, n_features, cfg.device, cfg.seed)
     train_cfg = TrainConfig(
         architecture=variant.architecture, d_sae=n_features, k=int(settings.get("k", k)), lr=cfg.lr,
@@ -219,9 +219,14 @@ def run_sweep(cfg: SweepConfig, train: Tensor, heldout: Tensor) -> tuple[list[Po
     Returns the points, each run's full config (``registry.run_config``) and the seconds spent."""
     upstream = SingleHookSource(TensorActivationSource(train, seed=cfg.seed), cfg.hook)
     grid = [(n, k) for n in cfg.widths for k in cfg.ks]
-    trainers = {f"n{n}-k{k}": build_trainer(cfg, n, k, train.shape[1], upstream) for n, k in grid}
-    runs = [{"n_features": n, "k": k, "variant": cfg.architecture, "settings": settings_at(cfg.variant, k),
-             "config": run_config(trainer, cfg.variant)} for (n, k), trainer in zip(grid, trainers.values())]
+    variant = cfg.variant
+    trainers: dict[str, Trainer] = {}
+    runs: list[dict[str, Any]] = []
+    for n, k in grid:
+        settings = settings_at(variant, k)
+        trainer = trainers[f"n{n}-k{k}"] = build_trainer(cfg, variant, settings, n, k, train.shape[1], upstream)
+        runs.append({"n_features": n, "k": k, "variant": cfg.architecture, "settings": settings,
+                     "config": run_config(trainer, variant)})
     multi = MultiTrainer(trainers, upstream, dict.fromkeys(trainers, cfg.hook))
     points: list[Point] = []
     seconds, steps_done = {"train": 0.0, "evaluate": 0.0}, 0

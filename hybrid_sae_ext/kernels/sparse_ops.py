@@ -95,7 +95,9 @@ class _SparseDecodePair(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             grad_W_dec = scatter_matmul(values, indices, grad_out, W_dec.shape[0]).to(W_dec.dtype)
         if ctx.needs_input_grad[4]:
-            grad_other_W_dec = scatter_matmul(other_values, indices, grad_other, W_dec.shape[0]).to(W_dec.dtype)
+            grad_other_W_dec = scatter_matmul(other_values, indices, grad_other, other_W_dec.shape[0]).to(
+                other_W_dec.dtype
+            )
         return grad_values, grad_other_values, None, grad_W_dec, grad_other_W_dec
 
 

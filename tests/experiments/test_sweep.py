@@ -12,7 +12,7 @@ import pytest
 import torch
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 
-from hybrid_sae_ext.architectures.registry import ComparisonVariant
+from hybrid_sae_ext.architectures.registry import ComparisonVariant, settings_at
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig, RunSpec, build_run
 from hybrid_sae_ext.experiments.sweep import SweepConfig, build_trainer, derive_scaling_laws, evaluate
 from hybrid_sae_ext.training.config import TrainConfig
@@ -200,7 +200,7 @@ def test_ksparse_matched_sweep_starts_from_the_comparisons_init() -> None:
     upstream = SingleHookSource(TensorActivationSource(torch.randn(64, d_in)))
     cfg = SweepConfig(architecture="ksparse-matched", widths=[64, 128, 256, 512], ks=[4, 8], seed=seed,
                       token_checkpoints=[1024, 2048, 3072, 4096], progress=False)
-    swept = build_trainer(cfg, n_features, k, d_in, upstream).sae
+    swept = build_trainer(cfg, cfg.variant, settings_at(cfg.variant, k), n_features, k, d_in, upstream).sae
     compared = build_run(ComparisonConfig(n_features=n_features, target_l0=k), RunSpec("ksparse-matched", {"k": k}, seed,
                          "target"), d_in, steps=10, upstream=upstream).sae
     torch.manual_seed(seed)
