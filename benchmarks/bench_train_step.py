@@ -236,6 +236,11 @@ def sparsify_contender(label: str, cfg: BenchConfig) -> Contender:
     return Contender(step, evaluate, coder)
 
 
+def make_contender(label: str, cfg: BenchConfig) -> Contender:
+    build = sparsify_contender if label.removesuffix(AUTOCAST) == "sparsify" else saelens_contender
+    return build(label, cfg)
+
+
 @torch.no_grad()
 def l0_and_fvu(contender: Contender, x: Tensor) -> tuple[float, float]:
     l0, x_hat = contender.evaluate(x)
@@ -251,8 +256,7 @@ def bench_train(label: str, cfg: BenchConfig, pool: Tensor, held_out: Tensor) ->
     half_dead = torch.rand(cfg.d_sae, generator=torch.Generator().manual_seed(cfg.seed)) < DEAD_FRACTION
     half_dead = half_dead.to(cfg.device)
     with peak_memory(cfg.device) as peak_mib:
-        build = sparsify_contender if label.removesuffix(AUTOCAST) == "sparsify" else saelens_contender
-        contender = build(label, cfg)
+        contender = make_contender(label, cfg)
         counter = iter(range(10**9))
 
         def run(dead: Tensor) -> float:

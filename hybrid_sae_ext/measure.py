@@ -94,4 +94,4 @@ def device_name(device: str) -> str:
 
 def versions() -> dict[str, str]:
     found = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in md.distributions()}
-    return {p: found.get(p, "not installed") for p in ("torch", "sae-lens", "eai-sparsify")}
+    return {p: found.get(p, "not installed") for p in ("torch", "triton", "sae-lens", "eai-sparsify")}

@@ -7,8 +7,9 @@ candidates are then rescored exactly (gathered dot products, ``(k + margin) x d_
 accumulated in fp32) and the final top-k is taken on the exact scores. Values and gradients stay
 exact; only near-ties at the k-th place can differ from an exact fp32 selection.
 
-The scores are computed and selected from in row blocks of ``SELECTION_BLOCK_SCORES`` (each block is
-still in cache when its top-k is taken, and no ``batch x d_sae`` matrix is ever held), with the exact
+The scores are computed and selected from in row blocks of ``SELECTION_BLOCK_SCORES`` (on CPU each block
+is still in cache when its top-k is taken; on CUDA few large blocks keep the launches few and the top-k
+kernel busy; no ``batch x d_sae`` matrix is held beyond one block), with the exact
 halving top-k of ``topk``. AuxK's dead latents are scored by their own product over the dead columns
 only, so its selection costs in proportion to the number of dead latents.
 """
@@ -33,8 +34,10 @@ AUTO_MIN_FLOPS = 2**28
 """Below this encoder GEMM size ``auto`` is exact fp32 without timing: the time is noise there, and a
 choice that could flip between runs would make small runs irreproducible."""
 
-SELECTION_BLOCK_SCORES = 2**22
-"""Scores per row block (8 MiB in bf16); about the fastest block size on the 2-core Xeon at both shapes."""
+SELECTION_BLOCK_SCORES = {"cpu": 2**22, "cuda": 2**26}
+"""Scores per row block by device type: on the 2-core Xeon 2^22 (8 MiB in bf16) is about the fastest at
+both CPU shapes; on an H200 2^22 split a 4096-token batch into 32-128 blocks whose launches and small
+top-k calls dominated the step, and 2^26 (128 MiB in bf16) bounds the extra memory."""
 
 _auto_choice: dict[tuple[str, int, int, int, int], str] = {}
 
@@ -123,7 +126,8 @@ def _blocked_topk(
     W_scores, bias_scores = W_enc.to(dtype), bias.to(dtype)
     # index_select on W_enc^T keeps the latent-major layout of the gathered columns
     W_dead = None if dead is None else W_enc.t().index_select(0, dead).t().to(dtype)
-    block_rows = max(1, SELECTION_BLOCK_SCORES // W_enc.shape[1])
+    block_scores = SELECTION_BLOCK_SCORES.get(x.device.type, SELECTION_BLOCK_SCORES["cpu"])
+    block_rows = max(1, block_scores // W_enc.shape[1])
     main: list[Tensor] = []
     aux: list[Tensor] = []
     for x_block in x.split(block_rows):

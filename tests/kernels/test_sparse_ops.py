@@ -67,7 +67,7 @@ def test_selection_in_row_blocks_with_halving_top_k_matches_numpy(monkeypatch: p
     from hybrid_sae_ext.kernels import selection
 
     d_sae, k, k_aux = 512, 8, 5
-    monkeypatch.setattr(selection, "SELECTION_BLOCK_SCORES", 7 * d_sae)
+    monkeypatch.setitem(selection.SELECTION_BLOCK_SCORES, "cpu", 7 * d_sae)
     x, W_enc, _, bias, _ = _problem("cpu", n=45, d_in=12, d_sae=d_sae)
     dead = torch.zeros(d_sae, dtype=torch.bool)
     dead[torch.randperm(d_sae, generator=torch.Generator().manual_seed(5))[:256]] = True

@@ -1,17 +1,19 @@
-"""topk_indices (halving top-k) against torch.topk: the same set on tie-free rows, the same values
-with ties, infinities and NaN, at widths that take several halving levels and widths that cannot."""
+"""topk_indices (halving and grouped top-k) against torch.topk: the same set on tie-free rows, the same
+values with ties, infinities and NaN, at widths that take several halving levels and widths that cannot."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hybrid_sae_ext.kernels.topk import HALVING_MIN_WIDTH, topk_indices
+from hybrid_sae_ext.kernels.topk import GROUP, GROUPED_MIN_WIDTH, HALVING_MIN_WIDTH, topk_indices
+
+METHODS = ["halving", "grouped"]
 
 
-def _check_same_top_values(scores: torch.Tensor, k: int) -> torch.Tensor:
+def _check_same_top_values(scores: torch.Tensor, k: int, method: str) -> torch.Tensor:
     """The chosen entries are k distinct positions holding exactly the k largest values of each row."""
-    indices = topk_indices(scores, k)
+    indices = topk_indices(scores, k, method)
     assert indices.shape == (scores.shape[0], k)
     assert (indices.sort(-1).values.diff(dim=-1) > 0).all(), "an index is chosen twice"
     chosen = scores.gather(1, indices).float().sort(-1, descending=True).values
@@ -22,30 +24,36 @@ def _check_same_top_values(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("width", "k"),
-    [(1024, 8), (1024, 3), (768, 6), (4096, 40), (2 * HALVING_MIN_WIDTH * 5, 5), (1000, 7), (999, 5), (64, 64)],
+    [(1024, 8), (1024, 3), (768, 6), (4096, 40), (2 * HALVING_MIN_WIDTH * 5, 5), (1000, 7), (999, 5), (64, 64),
+     (GROUPED_MIN_WIDTH * 5, 5), (GROUP * 300, 60)],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_same_indices_as_torch_topk_without_ties(width: int, k: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_same_indices_as_torch_topk_without_ties(width: int, k: int, dtype: torch.dtype, method: str) -> None:
     scores = torch.randn(37, width, generator=torch.Generator().manual_seed(width + k), dtype=dtype)
-    indices = _check_same_top_values(scores, k)
+    indices = _check_same_top_values(scores, k, method)
     expected = scores.topk(k, dim=-1).indices.sort(-1).values
     assert torch.equal(indices.sort(-1).values, expected)
 
 
-def test_the_top_values_of_a_row_may_all_share_one_pair_or_one_half() -> None:
-    """Adversarial layouts for halving: the k largest at j and j + width/2, or all in one half."""
-    width, k = 512, 8
+@pytest.mark.parametrize("method", METHODS)
+def test_the_top_values_of_a_row_may_all_share_one_pair_or_one_half(method: str) -> None:
+    """Adversarial layouts: the k largest at j and j + width/2, all in one half or one group, or in
+    every other position (each group then holds several)."""
+    width, k = 1024, 8
     scores = torch.randn(4, width, generator=torch.Generator().manual_seed(0))
     scores[0, :4] = scores[0, width // 2 : width // 2 + 4] = 10.0 + torch.arange(4.0)
     scores[1, width // 2 : width // 2 + k] = 5.0 + torch.arange(float(k))
     scores[2, 1::2] += 100.0  # every large score in an odd position
-    scores[3] = torch.arange(float(width)).flip(0)  # strictly decreasing
-    _check_same_top_values(scores, k)
-    assert torch.equal(topk_indices(scores, k).sort(-1).values, scores.topk(k, dim=-1).indices.sort(-1).values)
+    scores[3] = torch.arange(float(width)).flip(0)  # strictly decreasing: the top k share one group
+    _check_same_top_values(scores, k, method)
+    expected = scores.topk(k, dim=-1).indices.sort(-1).values
+    assert torch.equal(topk_indices(scores, k, method).sort(-1).values, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_ties_infinities_and_nan_give_the_same_values_as_torch_topk(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_ties_infinities_and_nan_give_the_same_values_as_torch_topk(dtype: torch.dtype, method: str) -> None:
     gen = torch.Generator().manual_seed(1)
     scores = torch.randint(0, 12, (64, 2048), generator=gen).to(dtype)  # many ties at the k-th place
     scores[:8] = float("-inf")
@@ -53,7 +61,7 @@ def test_ties_infinities_and_nan_give_the_same_values_as_torch_topk(dtype: torch
     scores[8:16, 100:110] = float("inf")
     scores[16:20, 7] = float("nan")  # counts as the largest, as in torch.topk
     for k in (1, 16, 100):
-        _check_same_top_values(scores, k)
+        _check_same_top_values(scores, k, method)
 
 
 def test_bad_input_is_named() -> None:
@@ -61,3 +69,5 @@ def test_bad_input_is_named() -> None:
         topk_indices(torch.zeros(2, 8), 9)
     with pytest.raises(ValueError, match="scores must be 2-D"):
         topk_indices(torch.zeros(8), 2)
+    with pytest.raises(ValueError, match="method='radix' is not one of"):
+        topk_indices(torch.zeros(2, 8), 2, "radix")

@@ -10,7 +10,7 @@ import torch
 
 from hybrid_sae_ext.kernels import primitives
 
-CHECKS = Path(__file__).with_name("triton_interpreted_checks.py")
+CHECKS = Path(__file__).with_name("triton_kernel_checks.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -18,7 +18,7 @@ def test_triton_kernels_match_torch_under_the_interpreter() -> None:
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS), "-k", "not on_cuda"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

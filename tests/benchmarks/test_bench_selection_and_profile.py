@@ -1,0 +1,27 @@
+"""The selection benchmark and the train-step profiler run end to end at toy size."""
+
+from hybrid_sae_ext.kernels import selection
+
+TINY = ["--d-in", "16", "--d-sae", "256", "--k", "4", "--batch", "64"]
+
+
+def test_selection_benchmark_times_every_block_and_method_and_restores_the_default(load_benchmark) -> None:
+    default = dict(selection.SELECTION_BLOCK_SCORES)
+    bench = load_benchmark("bench_selection")
+    rows = bench.main([*TINY, "--block-scores", "1024", "4096", "--reps", "2", "--device", "cpu"])
+    timed = [(what, block) for what, block, ms in rows if ms > 0]
+    assert timed == [("float32", 1024), ("float32", 4096), ("bfloat16", 1024), ("bfloat16", 4096),
+                     ("topk-torch", 0), ("topk-halving", 0), ("topk-grouped", 0)]
+    assert selection.SELECTION_BLOCK_SCORES == default
+
+
+def test_profile_lists_each_sae_with_its_operators(load_benchmark) -> None:
+    load_benchmark("bench_train_step")  # imported by name, as when the profiler runs from benchmarks/
+    profile = load_benchmark("profile_train_step")
+    text = profile.main([*TINY, "--steps", "2", "--warmup", "1", "--rows", "5", "--only", "hybrid,topk",
+                         "--dead-fraction", "0.5", "--device", "cpu"])
+    sections = text.split("## ")[1:]
+    assert [s.splitlines()[0] for s in sections] == [
+        "hybrid: 2 steps, 50% of the latents dead", "topk: 2 steps, 50% of the latents dead"]
+    for section in sections:
+        assert "aten::" in section and "Self CPU time total" in section
