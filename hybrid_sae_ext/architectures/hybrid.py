@@ -44,7 +44,7 @@ from sae_lens.saes.sae import (
 )
 
 from hybrid_sae_ext.kernels import KERNEL_BACKENDS, TopKSelection, get_kernels
-from hybrid_sae_ext.kernels.primitives import gathered_dot
+from hybrid_sae_ext.kernels.primitives import gathered_dot, take
 from hybrid_sae_ext.kernels.row_norms import inverse_row_norms
 from hybrid_sae_ext.kernels.selection import SELECTION_DTYPES, select_topk
 
@@ -64,6 +64,11 @@ def _validate_k(d_in: int, d_sae: int, k: int) -> None:
         raise ValueError(f"k must satisfy 1 <= k <= d_sae={d_sae}, got k={k}")
 
 
+def _validate_selection_dtype(selection_dtype: str) -> None:
+    if selection_dtype not in SELECTION_DTYPES:
+        raise ValueError(f"selection_dtype={selection_dtype!r} is not one of {SELECTION_DTYPES}")
+
+
 def _validate_target_l0(target_l0: float | None, k: int) -> None:
     if target_l0 is not None and not 0 < target_l0 <= k:
         raise ValueError(f"target_l0 must be None or in (0, k={k}], got target_l0={target_l0}")
@@ -75,10 +80,14 @@ class HybridSAEConfig(SAEConfig):
 
     k: int = 64
     """Most latents that may fire per token (the gate's top-k)."""
+    selection_dtype: str = "auto"
+    """How ``encode_sparse`` scores the top-k candidates, as in training (see ``HybridTrainingSAEConfig``);
+    the dense SAE-API ``encode`` always selects on its exact pre-activations."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _validate_k(self.d_in, self.d_sae, self.k)
+        _validate_selection_dtype(self.selection_dtype)
 
     @override
     @classmethod
@@ -118,8 +127,7 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(
                 f"kernel_backend={self.kernel_backend!r} is not one of {KERNEL_BACKENDS}"
             )
-        if self.selection_dtype not in SELECTION_DTYPES:
-            raise ValueError(f"selection_dtype={self.selection_dtype!r} is not one of {SELECTION_DTYPES}")
+        _validate_selection_dtype(self.selection_dtype)
         if self.k_aux is not None and not 1 <= self.k_aux <= self.d_sae:
             raise ValueError(f"k_aux must be None or in [1, d_sae={self.d_sae}], got {self.k_aux}")
         for name in ("l1_coefficient", "gate_aux_coefficient", "aux_k_coefficient"):
@@ -220,8 +228,8 @@ class _HybridMixin:
     def _codes(self, selection: TopKSelection, gate_threshold: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
         """Gate pre-activations (minus the adaptive threshold, if any) and gated magnitudes of the selected latents."""
         idx = selection.indices
-        gate_pre = selection.values + self.b_gate[idx] - gate_threshold
-        magnitude = torch.relu(self.r_mag[idx].exp() * selection.values + self.b_mag[idx])
+        gate_pre = selection.values + take(self.b_gate, idx) - gate_threshold
+        magnitude = torch.relu(take(self.r_mag, idx).exp() * selection.values + take(self.b_mag, idx))
         return gate_pre, magnitude * (gate_pre > 0)
 
     def _flat(self, sae_in: Tensor) -> Tensor:
@@ -249,7 +257,9 @@ class _HybridMixin:
         self._check_input(x)
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
         encode = get_kernels(self.kernel_backend).encode
-        selection, _ = encode(self._flat(sae_in), self.W_enc, self.b_gate, self.cfg.k)
+        selection, _ = encode(
+            self._flat(sae_in), self.W_enc, self.b_gate, self.cfg.k, selection_dtype=self.cfg.selection_dtype
+        )
         _, values = self._codes(selection, self._gate_threshold())
         lead = sae_in.shape[:-1]
         return SparseCodes(values.reshape(*lead, -1), selection.indices.reshape(*lead, -1))
@@ -422,10 +432,10 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
         # decode(v, idx, unit-norm rows) == decode(v * scales[idx], idx, W_dec): see ``decoder_scales``.
         scales, W_dec = self.decoder_scales(), self.W_dec
         gate_act = torch.relu(gate_pre)
-        gate_codes = gate_act * scales.detach()[sel.indices]
+        gate_codes = gate_act * take(scales.detach(), sel.indices)
         # The gated auxiliary reconstruction trains the gate only: its decoder and b_dec are detached.
         decoded, gate_decoded = kernels.decode_pair(
-            values * scales[sel.indices], gate_codes, sel.indices, W_dec, W_dec.detach()
+            values * take(scales, sel.indices), gate_codes, sel.indices, W_dec, W_dec.detach()
         )
         sae_out = decoded + self.b_dec
         mse = (sae_out - target).pow(2).sum(-1).mean()
@@ -437,11 +447,11 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
         aux_k = mse.new_zeros(())
         if aux is not None:
             residual = (target - sae_out).detach()
-            aux_recon = kernels.decode(aux.values * scales[aux.indices], aux.indices, W_dec)
+            aux_recon = kernels.decode(aux.values * take(scales, aux.indices), aux.indices, W_dec)
             scale = min(n_dead / self.cfg.effective_k_aux, 1.0)
             aux_k = self.cfg.aux_k_coefficient * scale * (aux_recon - residual).pow(2).sum(-1).mean()
-            dead_gate = aux.values.detach() + self.b_gate[aux.indices]
-            along_row = gathered_dot(residual, W_dec.detach().t(), aux.indices) * scales.detach()[aux.indices]
+            dead_gate = aux.values.detach() + take(self.b_gate, aux.indices)
+            along_row = gathered_dot(residual, W_dec.detach().t(), aux.indices) * take(scales.detach(), aux.indices)
             gate_aux = gate_aux + self.cfg.gate_aux_coefficient * (dead_gate - along_row).pow(2).sum(-1).mean()
 
         losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k)

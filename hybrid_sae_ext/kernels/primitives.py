@@ -41,6 +41,19 @@ def accumulation_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
+def take(vector: Float[Tensor, " m"], indices: Int[Tensor, "n k"]) -> Float[Tensor, "n k"]:
+    """``vector[indices]`` (per-latent parameters at the selected latents), with the faster backward.
+
+    On CPU ``index_select``'s backward (``index_add_``) is ~4x faster than advanced indexing's
+    (``index_put_`` with accumulation: 0.07 vs 0.28 ms for 1024 x 32 picks of 8192 on the 2-core Xeon);
+    on CUDA advanced indexing stays: its sort-based backward is deterministic, ``index_add_``'s float
+    atomics are not.
+    """
+    if vector.is_cuda:
+        return vector[indices]
+    return vector.index_select(0, indices.reshape(-1)).view(indices.shape)
+
+
 def gathered_dot(
     rows: Float[Tensor, "n d"], columns: Float[Tensor, "d m"], indices: Int[Tensor, "n k"]
 ) -> Float[Tensor, "n k"]:

@@ -38,6 +38,7 @@ def test_full_size_config_constructs() -> None:
         (dict(d_in=8, d_sae=16, k=2, k_aux=0), "k_aux must be None or in"),
         (dict(d_in=8, d_sae=16, k=2, aux_k_coefficient=-1.0), "aux_k_coefficient must be >= 0"),
         (dict(d_in=8, d_sae=16, k=2, normalize_activations="layer_norm"), "layer_norm"),
+        (dict(d_in=8, d_sae=16, k=2, selection_dtype="float16"), "selection_dtype='float16' is not one of"),
     ],
 )
 def test_bad_config_is_named(kwargs: dict, message: str) -> None:
@@ -48,6 +49,8 @@ def test_bad_config_is_named(kwargs: dict, message: str) -> None:
 def test_inference_config_validates_and_shorthand_constructor() -> None:
     with pytest.raises(ValueError, match="got k=9"):
         HybridSAEConfig(d_in=4, d_sae=8, k=9)
+    with pytest.raises(ValueError, match="selection_dtype='int8' is not one of"):
+        HybridSAEConfig(d_in=4, d_sae=8, k=2, selection_dtype="int8")
     with pytest.raises(ValueError, match="k_sparse=None"):
         HybridSAE(d_model=4, n_features=8)
     sae = HybridSAE(d_model=768, n_features=2048, k_sparse=128)
@@ -146,6 +149,25 @@ def test_training_and_inference_agree_after_saelens_save_load(tmp_path) -> None:
     torch.testing.assert_close(loaded.encode(x), sae.encode(x))
     loaded.fold_W_dec_norm()  # unit rows: a safe no-op
     torch.testing.assert_close(loaded(x), expected)
+
+
+def test_inference_encode_sparse_uses_the_trained_selection_dtype(tmp_path, monkeypatch) -> None:
+    """The training config's selection_dtype reaches the saved inference SAE, whose encode_sparse scores
+    candidates in bf16 then picks on exact values: the same codes as the dense encode on these inputs."""
+    cfg = HybridTrainingSAEConfig(d_in=64, d_sae=2048, k=16, selection_dtype="bfloat16", device="cpu")
+    HybridTrainingSAE(cfg).save_inference_model(tmp_path)
+    loaded = SAE.load_from_disk(tmp_path)
+    assert loaded.cfg.selection_dtype == "bfloat16"
+    x = torch.randn(256, 64, generator=torch.Generator().manual_seed(0))
+    from hybrid_sae_ext.kernels import selection
+
+    rescorings = []
+    rescore = selection._rescored_topk
+    monkeypatch.setattr(selection, "_rescored_topk", lambda *args: rescorings.append(1) or rescore(*args))
+    codes = loaded.encode_sparse(x)
+    assert rescorings == [1]  # the bf16 candidates were rescored exactly
+    dense = loaded.encode(x)
+    torch.testing.assert_close(torch.zeros_like(dense).scatter(1, codes.indices, codes.values), dense)
 
 
 def test_encoder_is_stored_latent_major_and_saved_in_saelens_layout(tmp_path) -> None:
