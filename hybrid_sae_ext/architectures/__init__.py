@@ -3,12 +3,11 @@
 from hybrid_sae_ext.architectures.hybrid import (
     HybridLosses,
     HybridSAE,
-    HybridSAEConfig,
     HybridTrainingSAE,
-    HybridTrainingSAEConfig,
     HybridTrainOutput,
     SparseCodes,
 )
+from hybrid_sae_ext.architectures.hybrid_config import HybridSAEConfig, HybridTrainingSAEConfig
 from hybrid_sae_ext.architectures.registry import (
     COMPARISON_ARCHITECTURES,
     register_architectures,

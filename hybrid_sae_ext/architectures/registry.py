@@ -15,12 +15,8 @@ import torch
 from sae_lens import registry
 from sae_lens.saes.sae import TrainingSAE
 
-from hybrid_sae_ext.architectures.hybrid import (
-    HybridSAE,
-    HybridSAEConfig,
-    HybridTrainingSAE,
-    HybridTrainingSAEConfig,
-)
+from hybrid_sae_ext.architectures.hybrid import HybridSAE, HybridTrainingSAE
+from hybrid_sae_ext.architectures.hybrid_config import HybridSAEConfig, HybridTrainingSAEConfig
 
 if TYPE_CHECKING:  # the trainer's config imports this module
     from hybrid_sae_ext.training.trainer import Trainer

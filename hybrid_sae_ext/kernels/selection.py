@@ -123,9 +123,10 @@ def _blocked_topk(
 ) -> tuple[Tensor, Tensor | None]:
     """Sorted indices of the top-k of ``x @ W_enc + bias`` and (with ``dead``) of the top-``k_aux`` of
     ``x @ W_enc[:, dead]``, all scored in ``dtype``, one row block at a time."""
-    W_scores, bias_scores = W_enc.to(dtype), bias.to(dtype)
-    # index_select on W_enc^T keeps the latent-major layout of the gathered columns
-    W_dead = None if dead is None else W_enc.t().index_select(0, dead).t().to(dtype)
+    W_scores, bias_scores = W_enc.to(dtype), bias.to(dtype)  # .to keeps W_enc's latent-major layout
+    # index_select on the transpose keeps that layout for the gathered columns, taken from the copy in
+    # ``dtype`` already made (no fp32 copy of the dead columns first)
+    W_dead = None if dead is None else W_scores.t().index_select(0, dead).t()
     block_scores = SELECTION_BLOCK_SCORES.get(x.device.type, SELECTION_BLOCK_SCORES["cpu"])
     block_rows = max(1, block_scores // W_enc.shape[1])
     main: list[Tensor] = []

@@ -64,40 +64,32 @@ def _same_table(first: Tensor, second: Tensor) -> bool:
 
 
 class _SparseDecodePair(torch.autograd.Function):
-    """Two decodes of one index set. On one table, each token's two bags sit side by side, so the second
+    """Two decodes of one index set on one table: each token's two bags sit side by side, so the second
     reads every decoder row from cache (same sums, in the same order, as two separate decodes)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, values: Tensor, other_values: Tensor, indices: Tensor, W_dec: Tensor, other_W_dec: Tensor
     ) -> tuple[Tensor, Tensor]:
-        ctx.save_for_backward(values, other_values, indices, W_dec, other_W_dec)
-        if not _same_table(W_dec, other_W_dec):
-            return gather_sum(values, indices, W_dec), gather_sum(other_values, indices, other_W_dec)
+        ctx.save_for_backward(values, other_values, indices, W_dec)
         both = gather_sum(_interleave(values, other_values), indices.repeat_interleave(2, dim=0), W_dec)
         first, second = both.view(values.shape[0], 2, -1).unbind(1)
         return first, second
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, grad_other: Tensor):  # type: ignore[override]
-        values, other_values, indices, W_dec, other_W_dec = ctx.saved_tensors
+        values, other_values, indices, W_dec = ctx.saved_tensors
         grad_out, grad_other = grad_out.contiguous(), grad_other.contiguous()
         grad_values = grad_other_values = grad_W_dec = grad_other_W_dec = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            if _same_table(W_dec, other_W_dec):
-                dots = gathered_dot(
-                    _interleave(grad_out, grad_other), W_dec.t(), indices.repeat_interleave(2, dim=0)
-                ).view(values.shape[0], 2, -1)
-                grad_values, grad_other_values = dots[:, 0].to(values.dtype), dots[:, 1].to(other_values.dtype)
-            else:
-                grad_values = gathered_dot(grad_out, W_dec.t(), indices).to(values.dtype)
-                grad_other_values = gathered_dot(grad_other, other_W_dec.t(), indices).to(other_values.dtype)
+            dots = gathered_dot(
+                _interleave(grad_out, grad_other), W_dec.t(), indices.repeat_interleave(2, dim=0)
+            ).view(values.shape[0], 2, -1)
+            grad_values, grad_other_values = dots[:, 0].to(values.dtype), dots[:, 1].to(other_values.dtype)
         if ctx.needs_input_grad[3]:
             grad_W_dec = scatter_matmul(values, indices, grad_out, W_dec.shape[0]).to(W_dec.dtype)
         if ctx.needs_input_grad[4]:
-            grad_other_W_dec = scatter_matmul(other_values, indices, grad_other, other_W_dec.shape[0]).to(
-                other_W_dec.dtype
-            )
+            grad_other_W_dec = scatter_matmul(other_values, indices, grad_other, W_dec.shape[0]).to(W_dec.dtype)
         return grad_values, grad_other_values, None, grad_W_dec, grad_other_W_dec
 
 
@@ -110,6 +102,8 @@ def sparse_decode_pair(
 ) -> tuple[Float[Tensor, "n d_in"], Float[Tensor, "n d_in"]]:
     """``(sparse_decode(values, indices, W_dec), sparse_decode(other_values, indices, other_W_dec))`` in one
     pass over the decoder rows when both decoders are one table (``other_W_dec`` may be ``W_dec.detach()``)."""
+    if not _same_table(W_dec, other_W_dec):
+        return sparse_decode(values, indices, W_dec), sparse_decode(other_values, indices, other_W_dec)
     return _SparseDecodePair.apply(values, other_values, indices, W_dec, other_W_dec)  # type: ignore[no-any-return]
 
 

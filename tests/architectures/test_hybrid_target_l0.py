@@ -10,7 +10,8 @@ import torch
 from sae_lens import SAE, LanguageModelSAERunnerConfig, LoggingConfig
 
 import hybrid_sae_ext  # noqa: F401  (registers "hybrid")
-from hybrid_sae_ext.architectures.hybrid import HybridTrainingSAE, HybridTrainingSAEConfig
+from hybrid_sae_ext.architectures.hybrid import HybridTrainingSAE
+from hybrid_sae_ext.architectures.hybrid_config import HybridTrainingSAEConfig
 from hybrid_sae_ext.models import CORPUS_DIR, TINY_LM_NAME, load_model
 from hybrid_sae_ext.training.config import TrainConfig
 from hybrid_sae_ext.training.data import TensorActivationSource, unit_energy_scale

@@ -3,7 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from hybrid_sae_ext.architectures.hybrid import HybridTrainingSAE, HybridTrainingSAEConfig
+from hybrid_sae_ext.architectures.hybrid import HybridTrainingSAE
+from hybrid_sae_ext.architectures.hybrid_config import HybridTrainingSAEConfig
 from hybrid_sae_ext.training.optimizer import MasterWeightAdam, make_adam
 
 D_IN, D_SAE, K, BATCH, STEPS = 32, 256, 8, 256, 300

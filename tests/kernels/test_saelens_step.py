@@ -3,7 +3,8 @@
 import torch
 from sae_lens.saes.sae import TrainStepInput
 
-from hybrid_sae_ext.architectures.hybrid import HybridTrainingSAE, HybridTrainingSAEConfig
+from hybrid_sae_ext.architectures.hybrid import HybridTrainingSAE
+from hybrid_sae_ext.architectures.hybrid_config import HybridTrainingSAEConfig
 
 
 def test_training_forward_pass_returns_sparse_codes_saelens_can_count() -> None:

@@ -1,0 +1,114 @@
+"""Configs of the hybrid SAE (SAELens dataclasses), validated at construction.
+
+``HybridSAEConfig`` is what a saved SAE's ``cfg.json`` holds; ``HybridTrainingSAEConfig`` adds the
+training knobs. SAELens copies the fields the two share (``k``, ``selection_dtype``) from a training
+config into the inference config it saves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
+from typing_extensions import override
+
+from hybrid_sae_ext.kernels import KERNEL_BACKENDS
+from hybrid_sae_ext.kernels.selection import SELECTION_DTYPES
+
+# Normalizations applied inside the SAE's forward would put the AuxK residual and the MSE target
+# in different spaces; "expected_average_only_in" is applied by the data pipeline, so it is safe.
+_TRAINING_NORMALIZATIONS = ("none", "expected_average_only_in")
+
+
+def _validate_k(d_in: int, d_sae: int, k: int) -> None:
+    if d_in < 1:
+        raise ValueError(f"d_in must be >= 1, got d_in={d_in}")
+    if d_sae < 1:
+        raise ValueError(f"d_sae must be >= 1, got d_sae={d_sae}")
+    if not 1 <= k <= d_sae:
+        raise ValueError(f"k must satisfy 1 <= k <= d_sae={d_sae}, got k={k}")
+
+
+def _validate_selection_dtype(selection_dtype: str) -> None:
+    if selection_dtype not in SELECTION_DTYPES:
+        raise ValueError(f"selection_dtype={selection_dtype!r} is not one of {SELECTION_DTYPES}")
+
+
+def _validate_target_l0(target_l0: float | None, k: int) -> None:
+    if target_l0 is not None and not 0 < target_l0 <= k:
+        raise ValueError(f"target_l0 must be None or in (0, k={k}], got target_l0={target_l0}")
+
+
+@dataclass
+class HybridSAEConfig(SAEConfig):
+    """Inference config of the hybrid SAE."""
+
+    k: int = 64
+    """Most latents that may fire per token (the gate's top-k)."""
+    selection_dtype: str = "auto"
+    """How ``encode_sparse`` scores the top-k candidates, as in training (see ``HybridTrainingSAEConfig``);
+    the dense SAE-API ``encode`` always selects on its exact pre-activations."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _validate_k(self.d_in, self.d_sae, self.k)
+        _validate_selection_dtype(self.selection_dtype)
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "hybrid"
+
+
+@dataclass
+class HybridTrainingSAEConfig(TrainingSAEConfig):
+    """Training config of the hybrid SAE (SAELens field names; extra fields are hybrid-specific)."""
+
+    k: int = 64
+    """Most latents that may fire per token (the gate's top-k)."""
+    l1_coefficient: float = 0.0
+    """L1 on ``relu(pi_gate)`` of the candidates; > 0 pushes L0 further below k."""
+    l1_warm_up_steps: int = 0
+    """Steps over which the L1 coefficient ramps up from 0."""
+    gate_aux_coefficient: float = 1.0
+    """Weight of the gated auxiliary reconstruction that trains the gate threshold."""
+    aux_k_coefficient: float = 1 / 32
+    """Weight of the AuxK loss on dead latents (Gao et al. 2024)."""
+    k_aux: int | None = None
+    """Dead latents used by AuxK per token; None means d_in // 2."""
+    kernel_backend: str = "sparse"
+    """"sparse" (fast path, batch x k tensors only) or "dense" (autograd reference)."""
+    selection_dtype: str = "auto"
+    """How the top-k candidates are scored: "float32" (exact), "bfloat16" (top k + margin in bf16, rescored
+    exactly; values and gradients stay exact), "auto" (bf16 where a one-time timing shows it faster)."""
+    target_l0: float | None = None
+    """Mean latents per token to settle at (0 < target_l0 <= k); k stays the per-token cap. None: fixed k."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _validate_k(self.d_in, self.d_sae, self.k)
+        _validate_target_l0(self.target_l0, self.k)
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise ValueError(
+                f"kernel_backend={self.kernel_backend!r} is not one of {KERNEL_BACKENDS}"
+            )
+        _validate_selection_dtype(self.selection_dtype)
+        if self.k_aux is not None and not 1 <= self.k_aux <= self.d_sae:
+            raise ValueError(f"k_aux must be None or in [1, d_sae={self.d_sae}], got {self.k_aux}")
+        for name in ("l1_coefficient", "gate_aux_coefficient", "aux_k_coefficient"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.normalize_activations not in _TRAINING_NORMALIZATIONS:
+            raise ValueError(
+                f"normalize_activations={self.normalize_activations!r} is not supported for "
+                f"training the hybrid SAE; allowed: {_TRAINING_NORMALIZATIONS}"
+            )
+
+    @property
+    def effective_k_aux(self) -> int:
+        return min(self.k_aux or self.d_in // 2, self.d_sae)
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "hybrid"
