@@ -63,10 +63,19 @@ def cli_main(main: MainT) -> MainT:
     return typing.cast(MainT, wrapped)
 
 
+class LiteralPercentHelpFormatter(simple_parsing.SimpleHelpFormatter):
+    """Help text from field docstrings, where a ``%`` is text ("a 95% interval"): argparse would read it
+    as a format directive and ``--help`` would crash. Its own ``%(default)s`` & co. still expand."""
+
+    def _get_help_string(self, action: Any) -> str:
+        return re.sub(r"%(?!\()", "%%", super()._get_help_string(action) or "")
+
+
 def parse_config(config_class: type[ConfigT], argv: Sequence[str] | None = None, **parse_kwargs: Any) -> ConfigT:
     """``simple_parsing.parse`` plus the checks of ``check_argv`` (before) and ``check_values`` (after)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     check_argv(config_class, argv)
+    parse_kwargs.setdefault("formatter_class", LiteralPercentHelpFormatter)
     config = simple_parsing.parse(config_class, args=argv, **parse_kwargs)
     check_values(config)
     return config

@@ -211,3 +211,19 @@ def test_the_real_process_exits_2_with_only_that_line(tmp_path: Path) -> None:
     traced = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**env, TRACEBACK_ENV: "1"},
                             check=False)  # fmt: skip
     assert traced.returncode != 0 and "Traceback" in traced.stderr  # the escape hatch for debugging
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["run_comparison", "train_hybrid_sae", "evaluate_sae", "derive_scaling_laws", "compare_scaling_laws",
+     "build_dashboards", "serve_demo"],
+)
+def test_help_prints_every_flag_and_exits_0(name: str, capsys: pytest.CaptureFixture) -> None:
+    """``--help`` works although field docstrings hold literal ``%`` ("a 95% interval" once crashed it)."""
+    with pytest.raises(SystemExit) as exit_info:
+        _script(name).main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and "--help" in out
+    if name == "run_comparison":
+        assert "mean and 95% interval over seeds" in " ".join(out.split())
