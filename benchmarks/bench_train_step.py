@@ -7,6 +7,9 @@ own trainer does it: SAELens SAEs via ``training_forward_pass``, the hybrid via 
 ``fvu + auxk_alpha * auxk_loss``, parallel-gradient removal and decoder renormalisation; all with
 grad clipping at 1.0 and the Adam of ``hybrid_sae_ext.training.optimizer.make_adam``.
 
+On CPU, glibc malloc is first told to keep freed memory (``--keep-freed-memory``): otherwise
+page faults on fresh ``batch x d_sae`` temporaries make the dense peers' steps slow and erratic.
+
 Every peer runs in fp32 and under bf16 autocast (``<label>@bf16-autocast``); the hybrid runs in its
 default settings (``hybrid``: ``selection_dtype="auto"``) and with each selection dtype. Each SAE is
 timed twice: ``steps`` steps with no dead latents, then ``steps`` steps with half of the latents
@@ -41,7 +44,7 @@ from torch import Tensor, nn
 
 from hybrid_sae_ext import HybridSAE, HybridSAEConfig, HybridTrainingSAE, register_architectures
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
-from hybrid_sae_ext.measure import device_name, load_watch, peak_memory, timed, versions
+from hybrid_sae_ext.measure import device_name, keep_freed_memory, load_watch, peak_memory, timed, versions
 from hybrid_sae_ext.training.optimizer import make_adam
 
 L1_COEFFICIENT = 5.0  # standard & gated: SAELens' usual range for inputs with E||x||^2 = d_in
@@ -92,6 +95,8 @@ class BenchConfig:
     """0 skips the inference section."""
     inference_reps: int = 3
     seed: int = 0
+    keep_freed_memory: bool = True
+    """CPU: glibc malloc keeps freed memory (``measure.keep_freed_memory``), so no peer pays page faults."""
 
 
 @dataclass
@@ -334,7 +339,7 @@ def markdown(meta: dict[str, Any], train: list[TrainResult], inference: list[Inf
         f"d_in={c['d_in']} d_sae={c['d_sae']} k={c['k']} batch={c['batch']} storage dtype={c['dtype']} "
         f"lr={c['lr']}; {c['warmup']} warm-up steps, then {c['steps']} timed steps without dead latents and "
         f"{c['steps']} with {DEAD_FRACTION:.0%} of the latents dead (AuxK active). {meta['versions']}",
-        f"Load: {meta['load']}. Memory: {meta['memory_metric']}.",
+        f"Load: {meta['load']}. Memory: {meta['memory_metric']}. Allocator: {meta['allocator']}.",
         "ms/step: median (min-max); tokens/s from the median of the no-dead-latent steps. "
         "L0 and FVU: held-out batch after all timed steps. Ratios are tokens/s ratios measured in this run.",
         "", f"| SAE | ms/step | ms/step, AuxK active | tokens/s | {memory} | L0 | FVU | "
@@ -372,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         BenchConfig, args=argv, add_option_string_dash_variants=simple_parsing.DashVariant.DASH
     )
     register_architectures()
+    on_cpu = not cfg.device.startswith("cuda")
+    memory_kept = (cfg.keep_freed_memory and keep_freed_memory()) if on_cpu else None
     labels, start = selected_labels(cfg), time.perf_counter()
     with load_watch() as load:
         prime(labels, cfg)
@@ -387,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if cfg.device.startswith("cuda") else
         "CPU peak RSS (sampled every 2 ms, minus RSS before build, over build + training); indicative only",
         "load": load(),
+        "allocator": "CUDA caching allocator" if memory_kept is None else
+        "glibc malloc keeps freed memory (no trim, no mmap below 1 GiB)" if memory_kept else "default",
         "versions": versions(),
         "wall_s": round(time.perf_counter() - start, 1),
     }

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ARGS = ["--d-in", "16", "--d-sae", "64", "--k", "4", "--batch", "32", "--steps", "3", "--warmup", "1",
+ARGS = ["--keep-freed-memory", "false",  # mallopt would change this test process's allocator for good
+        "--d-in", "16", "--d-sae", "64", "--k", "4", "--batch", "32", "--steps", "3", "--warmup", "1",
         "--inference-batch", "64", "--inference-reps", "1", "--device", "cpu"]
 
 
@@ -20,6 +21,7 @@ def test_benchmark_reports_every_sae(tmp_path: Path, load_benchmark) -> None:
     assert json_path.parent == tmp_path
     assert json_path.name.endswith("-d16-s64-k4-b32.json")
     report = json.loads(json_path.read_text())
+    assert report["allocator"] == "default" and "Allocator: default." in json_path.with_suffix(".md").read_text()
     expected = set(bench.DEFAULT_LABELS)
     if importlib.util.find_spec("sparsify") is None:
         expected = {label for label in expected if not label.startswith("sparsify")}
@@ -105,3 +107,13 @@ def test_peak_memory_sees_an_allocation() -> None:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
         del block
     assert 48 <= peak_mib() <= 256
+
+
+def test_keep_freed_memory_applies_in_a_fresh_process() -> None:
+    """glibc accepts both mallopt settings (run in a subprocess: they last for the process)."""
+    import subprocess
+    import sys
+
+    code = "from hybrid_sae_ext.measure import keep_freed_memory; print(keep_freed_memory())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.strip() == "True"
