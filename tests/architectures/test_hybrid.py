@@ -63,6 +63,13 @@ def test_bad_input_is_named() -> None:
         sae.encode(torch.randn(3, 9))
     with pytest.raises(ValueError, match="NaN or Inf"):
         sae.encode(torch.full((2, 8), float("nan")))
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        x = torch.randn(2, 8)
+        x[1, 3] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            sae.encode_sparse(x)
+    huge = torch.full((2, 8), 3e38)  # finite, but their sum overflows to inf: still accepted
+    assert sae.encode_sparse(huge).values.shape == (2, 4)
 
 
 def test_empty_batch_is_refused_naming_its_shape() -> None:
