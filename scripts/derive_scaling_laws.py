@@ -16,6 +16,7 @@ import logging
 from hybrid_sae_ext.cli_errors import cli_main, parse_config
 from hybrid_sae_ext.experiments.sweep import SweepConfig, derive_scaling_laws
 from hybrid_sae_ext.folders import check_output_dir
+from hybrid_sae_ext.measure import keep_freed_memory
 
 
 @cli_main
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(SweepConfig, argv, description=__doc__)
     check_output_dir(cfg.out, "--out")
     check_output_dir(cfg.cache_dir, "--cache_dir")
+    keep_freed_memory()  # every architecture's step without page faults (see hybrid_sae_ext.measure)
     report = derive_scaling_laws(cfg)
     for k, fit in report["fits"]["n_per_k"].items():
         alpha = f"{fit['params']['alpha']:.3f}" if "error" not in fit else fit["error"]

@@ -12,6 +12,7 @@ import hybrid_sae_ext  # noqa: F401  (registers the hybrid architecture)
 from hybrid_sae_ext.cli_errors import cli_main, parse_config
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig, run_comparison, write_results
 from hybrid_sae_ext.folders import check_output_dir
+from hybrid_sae_ext.measure import keep_freed_memory
 
 
 @cli_main
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     check_output_dir(cfg.out, "--out")
     if cfg.cache_dir:
         check_output_dir(cfg.cache_dir, "--cache_dir")
+    keep_freed_memory()  # every architecture's step without page faults (see hybrid_sae_ext.measure)
     results = run_comparison(cfg)
     write_results(results, Path(cfg.out))
     print((Path(cfg.out) / "comparison.md").read_text())

@@ -32,6 +32,7 @@ from hybrid_sae_ext.evals import SpliceEvalResult, evaluate_sae, load_eval_token
 from hybrid_sae_ext.evals.cli import SPLICE_EVAL_FILE
 from hybrid_sae_ext.folders import check_output_dir, check_path_text, folder_lock
 from hybrid_sae_ext.io import fsync_dir, set_default_mode, write_json_atomic
+from hybrid_sae_ext.measure import keep_freed_memory
 from hybrid_sae_ext.models import SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, TINY_LM_NAME, load_model, load_sae_folder
 from hybrid_sae_ext.training.cache_source import CacheActivationSource
 from hybrid_sae_ext.training.checkpoint import CheckpointManager, check_resume_config
@@ -259,6 +260,7 @@ def train_and_save(
 def main(argv: list[str] | None = None) -> None:
     """Parse, validate, train, report; bad input exits with status 2 and a one-line message before any training."""
     cfg = parse_config(TrainScriptConfig, argv)
+    keep_freed_memory()  # no page faults on fresh temporaries each step (see hybrid_sae_ext.measure)
     parallel = init_from_environment()
     try:
         with contextlib.ExitStack() as locks:
