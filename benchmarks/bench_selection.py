@@ -9,7 +9,7 @@ the best block differs by device; this times ``select`` as the training step cal
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import simple_parsing
@@ -31,6 +31,12 @@ class SelectionBenchConfig:
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _median_ms(run: Callable[[], object], cfg: SelectionBenchConfig) -> float:
+    """Median of ``cfg.reps`` timings of ``run`` after one untimed call."""
+    run()
+    return statistics.median(1e3 * timed(run, cfg.device) for _ in range(cfg.reps))
+
+
 def main(argv: Sequence[str] | None = None) -> list[tuple[str, int, float]]:
     cfg = simple_parsing.parse(
         SelectionBenchConfig, args=argv, add_option_string_dash_variants=simple_parsing.DashVariant.DASH
@@ -48,9 +54,7 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, int, float]]:
         for dtype in ("float32", "bfloat16"):
             for block in cfg.block_scores:
                 selection.SELECTION_BLOCK_SCORES[device_type] = block
-                run = lambda: selection.select(x, W_enc, bias, cfg.k, selection_dtype=dtype)  # noqa: E731
-                run()
-                ms = statistics.median(1e3 * timed(run, cfg.device) for _ in range(cfg.reps))
+                ms = _median_ms(lambda: selection.select(x, W_enc, bias, cfg.k, selection_dtype=dtype), cfg)
                 rows.append((dtype, block, ms))
                 print(f"| {dtype} | 2^{block.bit_length() - 1} | {max(1, block // cfg.d_sae)} | {ms:.2f} |")
     finally:
@@ -59,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, int, float]]:
     k = cfg.k + selection.candidate_margin(cfg.k, cfg.d_sae)
     print(f"\ntopk_indices of the whole batch's bf16 scores, k + margin = {k}:\n| method | median ms |\n|---|---:|")
     for method in ("torch", "halving", "grouped"):
-        run = lambda: topk_indices(scores, k, method)  # noqa: E731
-        run()
-        ms = statistics.median(1e3 * timed(run, cfg.device) for _ in range(cfg.reps))
+        ms = _median_ms(lambda: topk_indices(scores, k, method), cfg)
         rows.append((f"topk-{method}", 0, ms))
         print(f"| {method} | {ms:.2f} |")
     return rows

@@ -253,13 +253,16 @@ def l0_and_fvu(contender: Contender, x: Tensor) -> tuple[float, float]:
     return l0, ((x64 - x_hat.double()).pow(2).sum() / (x64 - x64.mean(0)).pow(2).sum()).item()
 
 
+def dead_mask(cfg: BenchConfig, fraction: float) -> Tensor:
+    """``[d_sae]`` bool, about ``fraction`` of the latents marked dead, the same ones for every SAE."""
+    return (torch.rand(cfg.d_sae, generator=torch.Generator().manual_seed(cfg.seed)) < fraction).to(cfg.device)
+
+
 def bench_train(label: str, cfg: BenchConfig, pool: Tensor, held_out: Tensor) -> TrainResult:
     """Build one SAE, warm it up, time ``steps`` steps without and ``steps`` with dead latents,
     then evaluate it on ``held_out``."""
     batches = pool.split(cfg.batch)
-    no_dead = torch.zeros(cfg.d_sae, dtype=torch.bool, device=cfg.device)
-    half_dead = torch.rand(cfg.d_sae, generator=torch.Generator().manual_seed(cfg.seed)) < DEAD_FRACTION
-    half_dead = half_dead.to(cfg.device)
+    no_dead, half_dead = dead_mask(cfg, 0.0), dead_mask(cfg, DEAD_FRACTION)
     with peak_memory(cfg.device) as peak_mib:
         contender = make_contender(label, cfg)
         counter = iter(range(10**9))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import simple_parsing
 import torch
-from bench_train_step import BenchConfig, make_contender, make_data, selected_labels
+from bench_train_step import BenchConfig, dead_mask, make_contender, make_data, selected_labels
 from torch.profiler import ProfilerActivity, profile
 
 from hybrid_sae_ext import register_architectures
@@ -31,8 +31,7 @@ def profile_table(label: str, cfg: ProfileConfig, pool: torch.Tensor) -> str:
     """The operator table of ``cfg.steps`` steps of ``label`` after ``cfg.warmup`` untimed ones."""
     contender = make_contender(label, cfg)
     batches = pool.split(cfg.batch)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    dead = (torch.rand(cfg.d_sae, generator=gen) < cfg.dead_fraction).to(cfg.device)
+    dead = dead_mask(cfg, cfg.dead_fraction)
     for i in range(cfg.warmup):
         contender.step(batches[i % len(batches)], dead)
     on_cuda = cfg.device.startswith("cuda")
@@ -43,7 +42,8 @@ def profile_table(label: str, cfg: ProfileConfig, pool: torch.Tensor) -> str:
         if on_cuda:
             torch.cuda.synchronize()
     sort_by = "self_cuda_time_total" if on_cuda else "self_cpu_time_total"
-    return f"## {label}: {cfg.steps} steps, {cfg.dead_fraction:.0%} of the latents dead\n" + prof.key_averages().table(sort_by=sort_by, row_limit=cfg.rows)
+    header = f"## {label}: {cfg.steps} steps, {int(dead.sum())} of {cfg.d_sae} latents dead\n"
+    return header + prof.key_averages().table(sort_by=sort_by, row_limit=cfg.rows)
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -35,7 +35,7 @@ GROUPED_MIN_WIDTH = 4 * GROUP
 """``grouped`` needs rows at least this many times ``k`` wide (else the members' top-k is not small)."""
 
 
-def topk_indices(scores: Float[Tensor, "n width"], k: int, method: str = "auto") -> Int[Tensor, "n k"]:
+def topk_indices(scores: Float[Tensor, "n width"], k: int, method: TopKMethod = "auto") -> Int[Tensor, "n k"]:
     """Indices (in no particular order) of the ``k`` largest scores of each row.
 
     The same set as ``scores.topk(k).indices`` except, where several scores tie at the k-th place, in

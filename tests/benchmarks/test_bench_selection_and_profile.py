@@ -21,7 +21,11 @@ def test_profile_lists_each_sae_with_its_operators(load_benchmark) -> None:
     text = profile.main([*TINY, "--steps", "2", "--warmup", "1", "--rows", "5", "--only", "hybrid,topk",
                          "--dead-fraction", "0.5", "--device", "cpu"])
     sections = text.split("## ")[1:]
-    assert [s.splitlines()[0] for s in sections] == [
-        "hybrid: 2 steps, 50% of the latents dead", "topk: 2 steps, 50% of the latents dead"]
+    headers = [s.splitlines()[0] for s in sections]
+    assert [h.split(":")[0] for h in headers] == ["hybrid", "topk"]
+    for header in headers:  # the mask the steps used: about half of the 256 latents, the same for both
+        dead = int(header.removeprefix(header.split(",")[0] + ", ").split(" of 256")[0])
+        assert 0.35 * 256 < dead < 0.65 * 256 and header.endswith(f"2 steps, {dead} of 256 latents dead")
+    assert headers[0].split(":")[1] == headers[1].split(":")[1]
     for section in sections:
         assert "aten::" in section and "Self CPU time total" in section
