@@ -5,7 +5,7 @@
 # does not stop the next. Run from the project root after `bash ../shared/tools/device-wheels.sh
 # eai-sparsify==1.3.3 natsort schedulefree` here, with carry [".whl"]:
 #     bash benchmarks/gpu_check.sh [STAGE ...]   # default: kernel_checks profile bench_32k bench_131k
-# (stages: those and `selection`); logs and result tables land in $OUT (else ./gpu-out).
+# (stages: those, `selection` and `memory`); logs and result tables land in $OUT (else ./gpu-out).
 set -u
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -34,14 +34,18 @@ profile() {
   && python3 benchmarks/profile_train_step.py $shape_131k --steps 5 --only hybrid,sparsify \
   && python3 benchmarks/profile_train_step.py $shape_32k --steps 5 --only hybrid,sparsify --dead-fraction 0.5
 }
+memory() {
+  python3 benchmarks/profile_train_step.py $shape_32k --steps 2 --warmup 1 --rows 12 --memory-at-peak \
+    --only hybrid,topk,sparsify
+}
 bench_32k() { python3 benchmarks/bench_train_step.py $shape_32k --steps 20 --out "$out"; }
 bench_131k() {
   python3 benchmarks/bench_train_step.py $shape_131k --steps 10 --out "$out" \
     --only hybrid,hybrid@sel-float32,hybrid@sel-bfloat16,topk,topk@bf16-autocast,sparsify,sparsify@bf16-autocast
 }
-export -f kernel_checks selection profile bench_32k bench_131k
-declare -A limits=([kernel_checks]=150 [selection]=90 [profile]=120 [bench_32k]=240 [bench_131k]=150)
-declare -A tails=([bench_32k]=30 [bench_131k]=16)
+export -f kernel_checks selection profile memory bench_32k bench_131k
+declare -A limits=([kernel_checks]=150 [selection]=90 [profile]=120 [memory]=90 [bench_32k]=240 [bench_131k]=150)
+declare -A tails=([memory]=60 [bench_32k]=30 [bench_131k]=16)
 for name in "${@:-kernel_checks profile bench_32k bench_131k}"; do
   for one in $name; do TAIL=${tails[$one]:-4} stage "$one" "${limits[$one]}" bash -c "$one"; done
 done

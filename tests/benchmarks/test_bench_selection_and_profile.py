@@ -1,5 +1,7 @@
 """The selection benchmark and the train-step profiler run end to end at toy size."""
 
+import pytest
+
 from hybrid_sae_ext.kernels import selection
 
 TINY = ["--d-in", "16", "--d-sae", "256", "--k", "4", "--batch", "64"]
@@ -29,3 +31,34 @@ def test_profile_lists_each_sae_with_its_operators(load_benchmark) -> None:
     assert headers[0].split(":")[1] == headers[1].split(":")[1]
     for section in sections:
         assert "aten::" in section and "Self CPU time total" in section
+
+
+def test_memory_replay_finds_the_peak_and_what_is_alive_at_it(load_benchmark) -> None:
+    load_benchmark("bench_train_step")
+    profile = load_benchmark("profile_train_step")
+    ours = [{"filename": "/x/torch/nn/functional.py", "line": 1, "name": "linear"},
+            {"filename": "/repo/hybrid_sae_ext/architectures/hybrid.py", "line": 42, "name": "encode"}]
+    theirs = [{"filename": "/site/sparsify/sparse_coder.py", "line": 7, "name": "forward"}]
+    events = [
+        {"action": "free_requested", "addr": 99, "size": 500},  # allocated before recording: ignored
+        {"action": "alloc", "addr": 1, "size": 100, "frames": ours},
+        {"action": "alloc", "addr": 2, "size": 300, "frames": theirs},
+        {"action": "free_requested", "addr": 2, "size": 300},
+        {"action": "free_completed", "addr": 2, "size": 300},
+        {"action": "alloc", "addr": 3, "size": 250, "frames": ours},
+        {"action": "alloc", "addr": 4, "size": 200, "frames": theirs},  # the peak: 100 + 250 + 200
+        {"action": "free_completed", "addr": 4, "size": 200},
+        {"action": "alloc", "addr": 5, "size": 120, "frames": []},
+    ]
+    peak, alive = profile.live_at_peak(events)
+    assert peak == 550 and sorted(size for size, _ in alive) == [100, 200, 250]
+    assert profile.allocation_site(ours) == "architectures/hybrid.py:42 encode"
+    assert profile.allocation_site(theirs) == "sparsify/sparse_coder.py:7 forward"
+    assert profile.allocation_site(ours[:1]) == "torch internals"
+
+
+def test_memory_at_peak_refuses_a_cpu_device(load_benchmark) -> None:
+    load_benchmark("bench_train_step")
+    profile = load_benchmark("profile_train_step")
+    with pytest.raises(ValueError, match="--memory-at-peak needs a CUDA device.*--device cpu"):
+        profile.main([*TINY, "--memory-at-peak", "--device", "cpu"])
