@@ -36,7 +36,9 @@ profile() {
 }
 memory() {
   python3 benchmarks/profile_train_step.py $shape_32k --steps 2 --warmup 1 --rows 12 --memory-at-peak \
-    --only hybrid,topk,sparsify
+    --only hybrid,topk,sparsify \
+  && python3 benchmarks/profile_train_step.py $shape_32k --steps 2 --warmup 1 --rows 12 --memory-at-peak \
+    --only hybrid,topk,sparsify --dead-fraction 0.5
 }
 bench_32k() { python3 benchmarks/bench_train_step.py $shape_32k --steps 20 --out "$out"; }
 bench_131k() {
@@ -45,7 +47,7 @@ bench_131k() {
 }
 export -f kernel_checks selection profile memory bench_32k bench_131k
 declare -A limits=([kernel_checks]=150 [selection]=90 [profile]=120 [memory]=90 [bench_32k]=240 [bench_131k]=150)
-declare -A tails=([memory]=60 [bench_32k]=30 [bench_131k]=16)
+declare -A tails=([memory]=120 [bench_32k]=30 [bench_131k]=16)
 for name in "${@:-kernel_checks profile bench_32k bench_131k}"; do
   for one in $name; do TAIL=${tails[$one]:-4} stage "$one" "${limits[$one]}" bash -c "$one"; done
 done

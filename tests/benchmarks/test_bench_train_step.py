@@ -100,6 +100,22 @@ def test_fvu_is_residual_energy_over_variance(load_benchmark) -> None:
     assert bench.l0_and_fvu(mean_only, x)[1] == pytest.approx(1.0)
 
 
+def test_training_peak_memory_leaves_out_the_held_out_evaluation(load_benchmark, monkeypatch) -> None:
+    """The reported peak is build + steps: an evaluation that allocates 256 MiB must not show in it."""
+    bench = load_benchmark("bench_train_step")
+    cfg = bench.BenchConfig(d_in=16, d_sae=64, k=2, batch=8, steps=2, warmup=1, device="cpu")
+
+    kept = []  # the evaluation's memory stays alive, so a peak read after it would include it
+
+    def evaluate(x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        kept.append(torch.ones(256 * 2**20 // 4))  # touched, so the process RSS holds it
+        return 0.0, x
+
+    monkeypatch.setattr(bench, "make_contender", lambda label, cfg: bench.Contender(lambda x, dead: None, evaluate))
+    x = bench.make_data(cfg, 8, part=0)
+    assert bench.bench_train("hybrid", cfg, x, x).peak_mem_mib < 64
+
+
 def test_peak_memory_sees_an_allocation() -> None:
     from hybrid_sae_ext.measure import peak_memory
 
