@@ -45,7 +45,7 @@ from hybrid_sae_ext.training.multi import BroadcastSource, MultiTrainer, SingleH
 from hybrid_sae_ext.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
-_RESUME_IGNORES = ("seeds", "out", "cache_dir", "wandb")
+_RESUME_IGNORES = ("seeds", "lr_sweep", "out", "cache_dir", "wandb")
 
 
 @dataclass
@@ -72,6 +72,15 @@ class ComparisonConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     """Each seed sets SAE initialisation and data order; tables give mean and 95% interval over seeds."""
     lr: float = 1e-3
+    """Adam's learning rate of every run (of the coefficient-searched ones only, with ``lr_from``)."""
+    lr_sweep: list[float] = field(default_factory=list)
+    """Instead of the comparison: train every architecture whose L0 its own knobs set (all but the
+    coefficient-searched ones) at each of these learning rates on the first seed, and tabulate the held-out
+    FVU (``lr_sweep.md``, ``lr_sweep.json``)."""
+    lr_from: str = ""
+    """An ``lr_sweep.json`` of the same data and budget: each architecture it swept trains at its best rate there."""
+    architecture_lr: dict[str, float] = field(default_factory=dict, init=False)
+    """The per-architecture rates read from ``lr_from`` (the others train at ``lr``)."""
     search_probes: int = 6
     """Most short probes per coefficient architecture in the sparsity search."""
     probe_fraction: float = 0.25
@@ -114,12 +123,21 @@ class ComparisonConfig:
                              f"got {self.frontier_factors}")
         if not self.seeds or len(set(self.seeds)) < len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        if self.lr_from and self.lr_sweep:
+            raise ValueError(f"lr_sweep={self.lr_sweep} sweeps the rates that lr_from={self.lr_from!r} would fix; give one")
+        if self.lr_from:
+            self.architecture_lr = swept_learning_rates(self, Path(self.lr_from))
+        if self.lr <= 0 or any(lr <= 0 for lr in self.lr_sweep):
+            raise ValueError(f"lr and every lr_sweep value must be > 0, got lr={self.lr}, lr_sweep={self.lr_sweep}")
         if not 0 < self.probe_fraction <= 1 or not 0 < self.tolerance < 1:
             raise ValueError(f"probe_fraction must be in (0, 1] and tolerance in (0, 1), got "
                              f"{self.probe_fraction}, {self.tolerance}")
         unknown = [a for a in self.architectures if a not in COMPARISON_VARIANTS]
         if unknown or not self.architectures:
             raise ValueError(f"Unknown comparison architecture(s) {unknown}; allowed: {', '.join(COMPARISON_VARIANTS)}")
+
+    def lr_of(self, architecture: str) -> float:
+        return self.architecture_lr.get(architecture, self.lr)
 
     @property
     def hook_name(self) -> str:
@@ -128,6 +146,22 @@ class ComparisonConfig:
     @property
     def batch_tokens(self) -> int:
         return self.batch_size * (self.context_size - 1)
+
+
+SWEEP_MUST_MATCH = ("model", "layer", "n_features", "batch_size", "context_size", "epochs", "tokens", "target_l0")
+"""The fields an ``lr_from`` sweep must share with the comparison for its best rates to apply."""
+
+
+def swept_learning_rates(cfg: ComparisonConfig, path: Path) -> dict[str, float]:
+    """The best rate per architecture of the ``lr_sweep.json`` at ``path``, checked to be of ``cfg``'s data and budget."""
+    if not path.is_file():
+        raise ValueError(f"lr_from={str(path)!r} is not a file; give the lr_sweep.json of a --lr_sweep run")
+    sweep = json.loads(path.read_text())
+    differ = {k: (sweep["config"].get(k), getattr(cfg, k)) for k in SWEEP_MUST_MATCH
+              if sweep["config"].get(k) != getattr(cfg, k)}
+    if differ:
+        raise ValueError(f"lr_from={str(path)!r} swept other data or budget (sweep, comparison): {differ}")
+    return {arch: float(lr) for arch, lr in sweep["best_lr"].items()}
 
 
 @dataclass
@@ -151,7 +185,7 @@ def build_run(cfg: ComparisonConfig, spec: RunSpec, d_in: int, steps: int, upstr
     variant = COMPARISON_VARIANTS[spec.architecture]
     sae = build_variant_sae(variant, spec.settings, d_in, cfg.n_features, cfg.device, spec.seed)
     train_cfg = TrainConfig(
-        architecture=variant.architecture, d_sae=cfg.n_features, lr=cfg.lr, batch_size=cfg.batch_tokens,
+        architecture=variant.architecture, d_sae=cfg.n_features, lr=cfg.lr_of(spec.architecture), batch_size=cfg.batch_tokens,
         total_steps=steps, lr_warmup_steps=max(1, steps // 20), lr_decay_steps=max(1, steps // 5),
         dead_after_tokens=min(cfg.tokens, 1_000_000), device=cfg.device, seed=spec.seed, progress_bar=False,
         wandb_project=cfg.wandb or None, k=int(spec.settings.get("k", cfg.target_l0)),
@@ -278,7 +312,7 @@ def capture(cfg: ComparisonConfig, model: Any, split: str = "train", tokens: int
     return open_cache(cache_dir, hook_name=cfg.hook_name).load_all(cfg.hook_name)
 
 
-def _resumable(path: Path, cfg: ComparisonConfig, build: Any) -> tuple[Any, float]:
+def resumable(path: Path, cfg: ComparisonConfig, build: Any) -> tuple[Any, float]:
     """``build()``'s result and the seconds it took, kept at ``path`` and reused by a later run of the
     same configuration (so a killed run loses at most the pass it was in)."""
     key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUME_IGNORES}
@@ -293,17 +327,37 @@ def _resumable(path: Path, cfg: ComparisonConfig, build: Any) -> tuple[Any, floa
     return value, seconds
 
 
-def run_comparison(cfg: ComparisonConfig) -> dict[str, Any]:
-    """Capture, search the coefficients, train and evaluate every seed's pass; returns the JSON-able results."""
-    start = time.perf_counter()
+@dataclass
+class ComparisonData:
+    """What every pass trains and is measured on: the model, the scaled activations and the budget."""
+
+    model: Any
+    acts: torch.Tensor
+    """Training activations, scaled to unit mean energy (``scale``)."""
+    heldout: torch.Tensor
+    """Validation activations, same scale, for the held-out FVU curves."""
+    scale: float
+    steps: int
+
+
+def prepare_data(cfg: ComparisonConfig) -> ComparisonData:
+    """Load the model and capture (or reuse) the train and validation activations."""
     model = load_model(cfg.model, device=cfg.device)
     acts = capture(cfg, model)
     scale = unit_energy_scale(acts)
     acts = acts * scale
     heldout = capture(cfg, model, "validation", cfg.heldout_tokens) * scale
     steps = max(1, cfg.epochs * acts.shape[0] // cfg.batch_tokens)
+    return ComparisonData(model, acts, heldout, scale, steps)
+
+
+def run_comparison(cfg: ComparisonConfig) -> dict[str, Any]:
+    """Capture, search the coefficients, train and evaluate every seed's pass; returns the JSON-able results."""
+    start = time.perf_counter()
+    data = prepare_data(cfg)
+    model, acts, heldout, scale, steps = data.model, data.acts, data.heldout, data.scale, data.steps
     partial = Path(cfg.out) / "partial"
-    search, search_seconds = _resumable(partial / "search.json", cfg, lambda: search_coefficients(cfg, acts, steps))
+    search, search_seconds = resumable(partial / "search.json", cfg, lambda: search_coefficients(cfg, acts, steps))
     seconds = {"search": search_seconds}
     tokens = load_eval_tokens(model, context_size=cfg.context_size, n_rows=cfg.eval_batches * cfg.batch_size)
     context = {"model": model, "tokens": tokens, "scale": scale}
@@ -315,7 +369,7 @@ def run_comparison(cfg: ComparisonConfig) -> dict[str, Any]:
             logger.info("seed %d: training %d SAEs for %d steps", seed, len(specs), steps)
             return evaluate_pass(cfg, specs, train_pass(cfg, specs, acts, seed, steps, heldout), context, acts)
 
-        records, seconds[f"seed-{seed}"] = _resumable(partial / f"seed-{seed}.json", cfg, one_pass)
+        records, seconds[f"seed-{seed}"] = resumable(partial / f"seed-{seed}.json", cfg, one_pass)
         runs += records
     return {
         "config": dataclasses.asdict(cfg), "hook_name": cfg.hook_name, "target_l0": cfg.target_l0,

@@ -1,0 +1,99 @@
+"""The learning-rate sweep behind the comparison's learning rates: a baseline trained at a rate too low
+for it would flatter every architecture that tolerates that rate better.
+
+Every architecture whose L0 its own knobs set (k, or ``target_l0``) trains at each rate of
+``ComparisonConfig.lr_sweep`` on the first seed, with the comparison's budget and schedule. The table gives
+the held-out FVU at the end of the budget; an architecture's best rate is its lowest FVU among the runs
+whose held-out L0 is within the comparison's tolerance of the target, and ``run_comparison.py --lr_from
+lr_sweep.json`` trains each at its own. Coefficient-searched architectures are left out: their coefficient
+would have to be searched again at each rate; they train at ``lr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from hybrid_sae_ext.architectures.registry import COMPARISON_VARIANTS, run_config, settings_at
+from hybrid_sae_ext.experiments.comparison import ComparisonConfig, RunSpec, prepare_data, resumable, train_pass
+from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
+from hybrid_sae_ext.measure import device_name, versions
+
+
+def swept_architectures(cfg: ComparisonConfig) -> list[str]:
+    return [a for a in cfg.architectures if not COMPARISON_VARIANTS[a].searched]
+
+
+def best_rate(runs: list[dict[str, Any]], target_l0: float, tolerance: float) -> float:
+    """The rate of the lowest held-out FVU among the runs whose L0 is within ``tolerance`` of the target
+    (more L0 buys FVU, so an off-target run must not win); if none is, the rate of the run nearest the target."""
+    on_target = [r for r in runs if abs(r["l0"] - target_l0) <= tolerance * target_l0]
+    pool = on_target or [min(runs, key=lambda r: abs(r["l0"] - target_l0))]
+    return min(pool, key=lambda r: r["fvu"])["lr"]
+
+
+def sweep_learning_rates(cfg: ComparisonConfig) -> dict[str, Any]:
+    """Train the swept architectures at every rate of ``cfg.lr_sweep`` (one pass per rate, resumable
+    under ``<out>/partial``); returns the JSON-able runs and each architecture's best rate."""
+    if not cfg.lr_sweep:
+        raise ValueError("lr_sweep is empty: give the learning rates to sweep, e.g. --lr_sweep 1e-3 3e-3 1e-2")
+    architectures = swept_architectures(cfg)
+    if not architectures:
+        raise ValueError(f"None of {cfg.architectures} sets its own L0; the sweep needs k or target_l0 architectures")
+    start = time.perf_counter()
+    data = prepare_data(cfg)
+    seed = cfg.seeds[0]
+    runs: list[dict[str, Any]] = []
+    for lr in cfg.lr_sweep:
+        at_lr = dataclasses.replace(cfg, lr=lr)
+        specs = [RunSpec(a, settings_at(COMPARISON_VARIANTS[a], cfg.target_l0), seed, "lr-sweep") for a in architectures]
+
+        def one_pass(at_lr: ComparisonConfig = at_lr, specs: list[RunSpec] = specs) -> list[dict[str, Any]]:
+            trained = train_pass(at_lr, specs, data.acts, seed, data.steps, data.heldout)
+            return [{
+                "architecture": spec.architecture, "lr": at_lr.lr, **spec.settings,
+                "config": run_config(trained[spec.name]["trainer"], COMPARISON_VARIANTS[spec.architecture]),
+                "fvu": trained[spec.name]["heldout_curve"][-1]["fvu"], "l0": trained[spec.name]["heldout_curve"][-1]["l0"],
+                "dead_fraction": trained[spec.name]["heldout_curve"][-1]["dead"],
+                "heldout_curve": trained[spec.name]["heldout_curve"], "train_seconds": trained[spec.name]["train_seconds"],
+            } for spec in specs]
+
+        records, _ = resumable(Path(cfg.out) / "partial" / f"lr-{lr:g}.json", cfg, one_pass)
+        runs += records
+    best = {a: best_rate([r for r in runs if r["architecture"] == a], cfg.target_l0, cfg.tolerance) for a in architectures}
+    return {
+        "config": dataclasses.asdict(cfg), "seed": seed, "steps": data.steps, "train_tokens": data.steps * cfg.batch_tokens,
+        "device_name": device_name(cfg.device), "versions": versions(), "runs": runs, "best_lr": best,
+        "wall_seconds": time.perf_counter() - start,
+    }
+
+
+def lr_sweep_markdown(results: dict[str, Any]) -> str:
+    """Held-out FVU (and L0) of every swept architecture at every rate; each row's best in bold."""
+    lrs = results["config"]["lr_sweep"]
+    by_key = {(r["architecture"], r["lr"]): r for r in results["runs"]}
+    lines = [
+        f"# Learning-rate sweep ({results['device_name']})", "",
+        (f"Seed {results['seed']}, {results['steps']} steps ({results['train_tokens']:,} tokens), target L0 "
+        f"{results['config']['target_l0']}, {results['config']['n_features']} latents, the comparison's schedule. "
+        "Cells: held-out FVU at the end of the budget (mean L0 in brackets); in bold each row's best rate: the "
+         f"lowest FVU among the runs with L0 within {results['config']['tolerance']:.0%} of the target."), "",
+        "| architecture | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best lr |",
+        "|---|" + "---:|" * (len(lrs) + 1),
+    ]
+    for arch, best in results["best_lr"].items():
+        cells = []
+        for lr in lrs:
+            run = by_key[(arch, lr)]
+            cell = f"{run['fvu']:.4f} ({run['l0']:.1f})"
+            cells.append(f"**{cell}**" if lr == best else cell)
+        lines.append(f"| {arch} | " + " | ".join(cells) + f" | {best:g} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_lr_sweep(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "lr_sweep.json", results)
+    write_text_atomic(out / "lr_sweep.md", lr_sweep_markdown(results))
