@@ -42,6 +42,15 @@ def _settings(settings: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.3g}" for k, v in settings.items())
 
 
+def _rates(cfg: dict[str, Any]) -> str:
+    """The learning rates: one shared, or each swept architecture's best (``--lr_from``) and the rest's."""
+    swept = cfg.get("architecture_lr") or {}
+    if not swept:
+        return f"lr {cfg['lr']:g}"
+    own = ", ".join(f"{label(a)} {swept[a]:g}" for a in cfg["architectures"] if a in swept)
+    return f"lr per architecture from the sweep `{Path(cfg['lr_from']).name}` ({own}; the others {cfg['lr']:g})"
+
+
 def comparison_markdown(results: dict[str, Any]) -> str:
     cfg, table = results["config"], results["table"]
     seeds = ", ".join(map(str, cfg["seeds"]))
@@ -49,7 +58,7 @@ def comparison_markdown(results: dict[str, Any]) -> str:
         f"# SAE comparison at L0 = {results['target_l0']}: {cfg['model']} `{results['hook_name']}`",
         "",
         f"d_sae={cfg['n_features']}, {results['train_tokens']:,} training tokens per SAE ({cfg['epochs']} epochs over "
-        f"{cfg['tokens']:,} captured), batch {cfg['batch_size']} x {cfg['context_size'] - 1} tokens, lr {cfg['lr']} "
+        f"{cfg['tokens']:,} captured), batch {cfg['batch_size']} x {cfg['context_size'] - 1} tokens, {_rates(cfg)} "
         f"(warmup 5%, linear decay over the last 20%), seeds {seeds}; device `{results['device_name']}`; "
         f"{results['versions']}; {results['compute_seconds'] / 60:.1f} min of compute.",
         f"Splice evaluation on {results['eval_tokens']:,} held-out tokens: CE clean {results['eval']['ce_loss_clean']:.4f}, "
