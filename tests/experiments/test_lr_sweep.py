@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig, RunSpec, build_run
-from hybrid_sae_ext.experiments.lr_sweep import best_rate, lr_sweep_markdown, sweep_learning_rates, write_lr_sweep
+from hybrid_sae_ext.experiments.lr_sweep import (
+    best_rate,
+    l0_adjusted_fvu,
+    lr_sweep_markdown,
+    sweep_learning_rates,
+    write_lr_sweep,
+)
 from hybrid_sae_ext.experiments.report import _rates
 
 LRS = [1e-3, 3e-2]
@@ -37,7 +43,8 @@ def test_sweep_trains_each_architecture_at_each_rate_and_picks_the_lowest_fvu(tm
         assert low["fvu"] != high["fvu"], arch
         assert {k: v for k, v in low["config"]["train"].items() if k != "lr"} == \
             {k: v for k, v in high["config"]["train"].items() if k != "lr"}
-        assert results["best_lr"][arch] == (LRS[0] if low["fvu"] < high["fvu"] else LRS[1])
+        low_at_target, high_at_target = (r["fvu"] * (r["l0"] / 4) ** (2 if r["l0"] > 4 else 0.5) for r in (low, high))
+        assert results["best_lr"][arch] == (LRS[0] if low_at_target < high_at_target else LRS[1])
     text = lr_sweep_markdown(results)
     for arch, best in results["best_lr"].items():
         row = next(line for line in text.splitlines() if line.startswith(f"| {arch} |"))
@@ -59,11 +66,15 @@ def test_sweep_refuses_what_it_cannot_sweep(tmp_path: Path) -> None:
         _tiny(tmp_path, lr_sweep=[1e-3, -1.0])
 
 
-def test_best_rate_is_the_lowest_fvu_among_runs_on_the_target_l0() -> None:
-    runs = [{"lr": 1e-3, "fvu": 0.20, "l0": 32.0}, {"lr": 3e-3, "fvu": 0.15, "l0": 30.0},
-            {"lr": 1e-2, "fvu": 0.10, "l0": 40.0}]  # the lowest FVU, but 25% above the target: more L0 buys FVU
-    assert best_rate(runs, 32, 0.1) == 3e-3
-    assert best_rate([{"lr": 1e-3, "fvu": 0.2, "l0": 20.0}, {"lr": 1e-2, "fvu": 0.1, "l0": 42.0}], 32, 0.1) == 1e-2
+def test_best_rate_never_favours_a_run_for_its_l0() -> None:
+    # 0.10 at L0 40 is 0.156 at the target (x 1.25^2): the on-target 0.15 wins; 0.11 at L0 33 (0.117) wins over it
+    runs = [{"lr": 1e-3, "fvu": 0.20, "l0": 32.0}, {"lr": 3e-3, "fvu": 0.15, "l0": 32.0},
+            {"lr": 1e-2, "fvu": 0.10, "l0": 40.0}]
+    assert best_rate(runs, 32) == 3e-3
+    assert best_rate([*runs, {"lr": 3e-2, "fvu": 0.11, "l0": 33.0}], 32) == 3e-2
+    # below the target a run gets little credit: 0.16 at L0 16 is 0.113 at the target, not 0.16 / 2^2
+    assert l0_adjusted_fvu(0.16, 16.0, 32.0) == pytest.approx(0.16 * 0.5**0.5)
+    assert best_rate([{"lr": 1e-3, "fvu": 0.11, "l0": 32.0}, {"lr": 1e-2, "fvu": 0.16, "l0": 16.0}], 32) == 1e-3
 
 
 def test_comparison_trains_each_swept_architecture_at_its_best_rate(tmp_path: Path) -> None:
