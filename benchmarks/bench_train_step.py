@@ -274,10 +274,9 @@ def bench_train(label: str, cfg: BenchConfig, pool: Tensor, held_out: Tensor) ->
             run(half_dead)
         plain = [run(no_dead) for _ in range(cfg.steps)]
         auxk = [run(half_dead) for _ in range(cfg.steps)]
-        training_peak_mib = peak_mib()  # read before the evaluation, whose dense codes are not training's
-    l0, fvu = l0_and_fvu(contender, held_out)
+    l0, fvu = l0_and_fvu(contender, held_out)  # outside the block: its dense codes are not training's
     step = Timing.of(plain)
-    return TrainResult(label, step, Timing.of(auxk), 1e3 * cfg.batch / step.median_ms, training_peak_mib, l0, fvu)
+    return TrainResult(label, step, Timing.of(auxk), 1e3 * cfg.batch / step.median_ms, peak_mib(), l0, fvu)
 
 
 def prime(labels: Sequence[str], cfg: BenchConfig) -> None:

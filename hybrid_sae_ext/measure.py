@@ -30,13 +30,20 @@ def rss_bytes() -> int:
 def peak_memory(device: str) -> Iterator[Callable[[], float]]:
     """Yield a getter of the peak memory (MiB) above the level at entry: the CUDA allocator's
     peak, or the process RSS sampled every 2 ms by a thread (freed heap first returned to the OS,
-    so memory of earlier SAEs does not hide this one's growth)."""
+    so memory of earlier SAEs does not hide this one's growth). After the block the getter keeps
+    the peak as of its end: what runs later (an evaluation, say) is not counted."""
     gc.collect()
+    at_end: float | None = None
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        yield lambda: (torch.cuda.max_memory_allocated() - base) / 2**20
+
+        def cuda_peak() -> float:
+            return at_end if at_end is not None else (torch.cuda.max_memory_allocated() - base) / 2**20
+
+        yield cuda_peak
+        at_end = cuda_peak()
         return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -48,13 +55,17 @@ def peak_memory(device: str) -> Iterator[Callable[[], float]]:
         while not stop.wait(0.002):
             peak = max(peak, rss_bytes())
 
+    def rss_peak() -> float:
+        return at_end if at_end is not None else (max(peak, rss_bytes()) - base) / 2**20
+
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     try:
-        yield lambda: (max(peak, rss_bytes()) - base) / 2**20
+        yield rss_peak
     finally:
         stop.set()
         thread.join()
+        at_end = rss_peak()
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters

@@ -123,6 +123,8 @@ def test_peak_memory_sees_an_allocation() -> None:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
         del block
     assert 48 <= peak_mib() <= 256
+    after = torch.ones(256 * 2**20 // 4)  # allocated after the block and kept: not counted
+    assert 48 <= peak_mib() <= 256 and after[0] == 1
 
 
 def test_keep_freed_memory_keeps_a_freed_block_in_the_process() -> None:
