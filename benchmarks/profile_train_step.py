@@ -78,8 +78,9 @@ def memory_table(label: str, cfg: ProfileConfig, pool: torch.Tensor) -> str:
     peak, alive = live_at_peak(trace)
     by_site: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for size, frames in alive:
-        by_site[allocation_site(frames)][0] += size
-        by_site[allocation_site(frames)][1] += 1
+        site = by_site[allocation_site(frames)]
+        site[0] += size
+        site[1] += 1
     rows = sorted(by_site.items(), key=lambda item: -item[1][0])[: cfg.rows]
     lines = [f"## {label}: {peak / 2**20:.1f} MiB alive at the peak of build + {cfg.warmup + cfg.steps} steps",
              "", "| MiB | tensors | allocated at |", "|---:|---:|---|"]

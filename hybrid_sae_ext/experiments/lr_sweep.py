@@ -65,13 +65,17 @@ def sweep_learning_rates(cfg: ComparisonConfig) -> dict[str, Any]:
 
         def one_pass(at_lr: ComparisonConfig = at_lr, specs: list[RunSpec] = specs) -> list[dict[str, Any]]:
             trained = train_pass(at_lr, specs, data.acts, seed, data.steps, data.heldout)
-            return [{
-                "architecture": spec.architecture, "lr": at_lr.lr, **spec.settings,
-                "config": run_config(trained[spec.name]["trainer"], COMPARISON_VARIANTS[spec.architecture]),
-                "fvu": trained[spec.name]["heldout_curve"][-1]["fvu"], "l0": trained[spec.name]["heldout_curve"][-1]["l0"],
-                "dead_fraction": trained[spec.name]["heldout_curve"][-1]["dead"],
-                "heldout_curve": trained[spec.name]["heldout_curve"], "train_seconds": trained[spec.name]["train_seconds"],
-            } for spec in specs]
+            records = []
+            for spec in specs:
+                run = trained[spec.name]
+                end = run["heldout_curve"][-1]
+                records.append({
+                    "architecture": spec.architecture, "lr": at_lr.lr, **spec.settings,
+                    "config": run_config(run["trainer"], COMPARISON_VARIANTS[spec.architecture]),
+                    "fvu": end["fvu"], "l0": end["l0"], "dead_fraction": end["dead"],
+                    "heldout_curve": run["heldout_curve"], "train_seconds": run["train_seconds"],
+                })
+            return records
 
         records, seconds[f"lr-{lr:g}"] = resumable(Path(cfg.out) / "partial" / f"lr-{lr:g}.json", cfg, one_pass)
         runs += records
