@@ -34,11 +34,11 @@ profile() {
   && python3 benchmarks/profile_train_step.py $shape_131k --steps 5 --only hybrid,sparsify \
   && python3 benchmarks/profile_train_step.py $shape_32k --steps 5 --only hybrid,sparsify --dead-fraction 0.5
 }
-memory() {
-  python3 benchmarks/profile_train_step.py $shape_32k --steps 2 --warmup 1 --rows 12 --memory-at-peak \
-    --only hybrid,topk,sparsify \
-  && python3 benchmarks/profile_train_step.py $shape_32k --steps 2 --warmup 1 --rows 12 --memory-at-peak \
-    --only hybrid,topk,sparsify --dead-fraction 0.5
+memory() {  # without dead latents, then with AuxK active
+  for dead in 0 0.5; do
+    python3 benchmarks/profile_train_step.py $shape_32k --steps 2 --warmup 1 --rows 12 --memory-at-peak \
+      --only hybrid,topk,sparsify --dead-fraction $dead || return
+  done
 }
 bench_32k() { python3 benchmarks/bench_train_step.py $shape_32k --steps 20 --out "$out"; }
 bench_131k() {
