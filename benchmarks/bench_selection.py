@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, int, float]]:
     scores = (x @ W_enc).bfloat16()
     k = cfg.k + selection.candidate_margin(cfg.k, cfg.d_sae)
     print(f"\ntopk_indices of the whole batch's bf16 scores, k + margin = {k}:\n| method | median ms |\n|---|---:|")
-    for method in ("torch", "halving", "grouped"):
+    for method in ("torch", "halving", "native", "grouped"):
         ms = _median_ms(lambda: topk_indices(scores, k, method), cfg)
         rows.append((f"topk-{method}", 0, ms))
         print(f"| {method} | {ms:.2f} |")

@@ -24,7 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hybrid_sae_ext.kernels.primitives import gathered_dot
-from hybrid_sae_ext.kernels.topk import topk_indices
+from hybrid_sae_ext.kernels.topk import sorted_topk_indices
 
 SelectionDtype = Literal["auto", "float32", "bfloat16"]
 SELECTION_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
@@ -59,10 +59,6 @@ def _exact_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _sorted_topk(scores: Tensor, k: int) -> Tensor:
-    return topk_indices(scores, k).sort(dim=-1).values
-
-
 def select_topk(
     scores: Float[Tensor, "n d_sae"],
     selection_bias: Float[Tensor, " d_sae"],
@@ -73,11 +69,11 @@ def select_topk(
     """Indices of the top-k of given ``scores = pre + selection_bias`` and, if asked, of the top-``k_aux``
     of ``pre`` over ``aux_mask`` (for callers that already hold the dense scores)."""
     with torch.no_grad():
-        indices = _sorted_topk(scores, k)
+        indices = sorted_topk_indices(scores, k)
         aux_indices = None
         if aux_mask is not None and k_aux > 0:
             masked = (scores - selection_bias).masked_fill_(~aux_mask, float("-inf"))
-            aux_indices = _sorted_topk(masked, k_aux)
+            aux_indices = sorted_topk_indices(masked, k_aux)
     return indices, aux_indices
 
 
@@ -133,18 +129,17 @@ def _blocked_topk(
     aux: list[Tensor] = []
     for x_block in x.split(block_rows):
         x_block = x_block.to(dtype)
-        main.append(topk_indices(torch.addmm(bias_scores, x_block, W_scores), k))
+        main.append(sorted_topk_indices(torch.addmm(bias_scores, x_block, W_scores), k))
         if W_dead is not None:
-            aux.append(topk_indices(x_block @ W_dead, k_aux))
-    main_indices = torch.cat(main).sort(dim=-1).values
-    aux_indices = None if dead is None else dead[torch.cat(aux)].sort(dim=-1).values
-    return main_indices, aux_indices
+            aux.append(sorted_topk_indices(x_block @ W_dead, k_aux))
+    # ``dead`` is ascending, so it maps ascending positions among the dead to ascending latents
+    return torch.cat(main), None if dead is None else dead[torch.cat(aux)]
 
 
 def _rescored_topk(x: Tensor, W_enc: Tensor, bias: Tensor, candidates: Tensor, k: int) -> Selection:
     """The exact top-k among low-precision ``candidates`` (sorted indices, ``k + margin`` per row)."""
     pre = gathered_dot(x, W_enc, candidates)
-    pick = (pre + bias.to(pre.dtype)[candidates]).topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+    pick = sorted_topk_indices(pre + bias.to(pre.dtype)[candidates], k)
     return Selection(candidates.gather(1, pick), pre.gather(1, pick).to(x.dtype))
 
 

@@ -13,7 +13,7 @@ def test_selection_benchmark_times_every_block_and_method_and_restores_the_defau
     rows = bench.main([*TINY, "--block-scores", "1024", "4096", "--reps", "2", "--device", "cpu"])
     timed = [(what, block) for what, block, ms in rows if ms > 0]
     assert timed == [("float32", 1024), ("float32", 4096), ("bfloat16", 1024), ("bfloat16", 4096),
-                     ("topk-torch", 0), ("topk-halving", 0), ("topk-grouped", 0)]
+                     ("topk-torch", 0), ("topk-halving", 0), ("topk-native", 0), ("topk-grouped", 0)]
     assert selection.SELECTION_BLOCK_SCORES == default
 
 

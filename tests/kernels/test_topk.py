@@ -1,14 +1,30 @@
-"""topk_indices (halving and grouped top-k) against torch.topk: the same set on tie-free rows, the same
-values with ties, infinities and NaN, at widths that take several halving levels and widths that cannot."""
+"""topk_indices (native, halving and grouped top-k) against torch.topk: the same set on tie-free rows, the
+same values with ties, infinities and NaN, at widths that take several halving levels (or native groups,
+with and without a partial last round) and widths that cannot."""
 
 from __future__ import annotations
+
+import shutil
+import warnings
 
 import pytest
 import torch
 
-from hybrid_sae_ext.kernels.topk import GROUP, GROUPED_MIN_WIDTH, HALVING_MIN_WIDTH, topk_indices
+from hybrid_sae_ext.kernels import native, topk
+from hybrid_sae_ext.kernels.topk import GROUP, GROUPED_MIN_WIDTH, HALVING_MIN_WIDTH, sorted_topk_indices, topk_indices
 
-METHODS = ["halving", "grouped"]
+METHODS = ["native", "halving", "grouped"]
+HAS_COMPILER = shutil.which("c++") is not None or shutil.which("g++") is not None
+
+
+@pytest.fixture(autouse=True)
+def _native_must_be_built(request: pytest.FixtureRequest) -> None:
+    """A ``native`` test must run the kernel, not the halving fallback (where a compiler exists, a failed
+    build is a failure; without one the native cases are skipped)."""
+    if "native" in request.node.name:
+        if not HAS_COMPILER or native.disabled():
+            pytest.skip("no C++ compiler (or HYBRID_SAE_NATIVE=0): the native top-k is not built here")
+        assert native.native_kernels() is not None, "the native top-k kernel failed to build"
 
 
 def _check_same_top_values(scores: torch.Tensor, k: int, method: str) -> torch.Tensor:
@@ -51,6 +67,13 @@ def test_the_top_values_of_a_row_may_all_share_one_pair_or_one_half(method: str)
     assert torch.equal(topk_indices(scores, k, method).sort(-1).values, expected)
 
 
+def _nan_with_sign_bit(dtype: torch.dtype) -> torch.Tensor:
+    """(Arithmetic negation may return the positive NaN, e.g. in bf16.)"""
+    bits = {torch.bfloat16: torch.int16, torch.float32: torch.int32}[dtype]
+    nan = torch.tensor([float("nan")], dtype=dtype).view(bits)
+    return (nan | torch.tensor([torch.iinfo(bits).min], dtype=bits)).view(dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("method", METHODS)
 def test_ties_infinities_and_nan_give_the_same_values_as_torch_topk(dtype: torch.dtype, method: str) -> None:
@@ -60,8 +83,60 @@ def test_ties_infinities_and_nan_give_the_same_values_as_torch_topk(dtype: torch
     scores[:8, :3] = 1.0  # fewer finite scores than k: the rest of the top is -inf
     scores[8:16, 100:110] = float("inf")
     scores[16:20, 7] = float("nan")  # counts as the largest, as in torch.topk
+    scores[20:24, 9] = _nan_with_sign_bit(dtype)  # so does a NaN with its sign bit set
+    assert torch.signbit(scores[20, 9])
     for k in (1, 16, 100):
         _check_same_top_values(scores, k, method)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_native_indices_come_out_ascending_and_sorted_topk_sorts_the_others(dtype: torch.dtype) -> None:
+    scores = torch.randn(33, 3000, generator=torch.Generator().manual_seed(2)).to(dtype)
+    if HAS_COMPILER and not native.disabled():
+        assert (topk_indices(scores, 40, "native").diff(dim=-1) > 0).all()
+    expected = scores.topk(40, dim=-1).values.float()
+    for method in METHODS:
+        got = sorted_topk_indices(scores, 40, method)
+        assert (got.diff(dim=-1) > 0).all()
+        chosen = scores.gather(1, got).float().sort(-1, descending=True).values
+        torch.testing.assert_close(chosen, expected, rtol=0, atol=0)
+
+
+def test_without_the_kernel_native_falls_back_to_halving(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.DISABLE_ENV, "0")
+    assert native.native_kernels() is None
+    halving_calls = []
+    real_best_members = topk._best_members
+    monkeypatch.setattr(topk, "_best_members", lambda *a: halving_calls.append(1) or real_best_members(*a))
+    _check_same_top_values(torch.randn(5, 1024), 8, "native")
+    _check_same_top_values(torch.randn(5, 1024), 8, "auto")
+    assert len(halving_calls) >= 2
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.utils import cpp_extension
+
+    def no_compiler(**_: object) -> None:
+        raise RuntimeError("no C++ compiler here")
+
+    native._build.cache_clear()
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    try:
+        with pytest.warns(RuntimeWarning, match="could not be built .*no C\\+\\+ compiler here"):
+            assert native.native_kernels() is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert native.native_kernels() is None  # the failure is remembered: no second warning
+            _check_same_top_values(torch.randn(5, 1024), 8, "auto")
+    finally:
+        native._build.cache_clear()
+
+
+def test_the_build_name_changes_with_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache shared by two machines must not load a binary built with another CPU's -march=native."""
+    here = native.build_name()
+    monkeypatch.setattr(native, "_cpu_signature", lambda: "flags: sse2")
+    assert native.build_name() != here
 
 
 def test_bad_input_is_named() -> None:

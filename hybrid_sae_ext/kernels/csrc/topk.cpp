@@ -1,0 +1,122 @@
+// Exact top-k of each row of a score matrix, returned as ascending indices (CPU; built by ../native.py).
+//
+// Why: the halving top-k in topk.py needs about ten small PyTorch ops per level, and torch.topk costs
+// ~5 ns per score; this is one pass per row. Split a row into `groups` strided groups (group g holds
+// g, g + groups, g + 2 groups, ...). The k-th largest group maximum `tau` is a lower bound of the k-th
+// largest score (k groups reach it), and every score >= tau lies in a group whose maximum is >= tau.
+// So: one vectorisable pass for the group maxima, a selection among `groups` maxima, a scan of the
+// few groups that reach tau, and a final selection among the candidates found there.
+//
+// Scores are compared through order-preserving integer keys: larger value -> larger key, and every
+// NaN -> the largest key (torch.topk also counts NaN as the largest). Which of several equal scores at
+// the k-th place is chosen is unspecified, as in torch.topk.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <utility>
+#include <vector>
+
+namespace {
+
+template <typename RawT, typename KeyT, RawT kSignBit, RawT kInfBits>
+struct FloatKeys {
+  using Raw = RawT;
+  using Key = KeyT;
+  static inline Key key(Raw bits) {
+    const Key as_signed = static_cast<Key>(bits);
+    const Key magnitude_mask = static_cast<Key>(static_cast<RawT>(kSignBit - 1));
+    const Key ordered = as_signed ^ (static_cast<Key>(as_signed >> (sizeof(Key) * 8 - 1)) & magnitude_mask);
+    const bool is_nan = static_cast<RawT>(bits & static_cast<RawT>(kSignBit - 1)) > kInfBits;
+    return is_nan ? magnitude_mask : ordered;
+  }
+};
+
+using BFloat16Keys = FloatKeys<uint16_t, int16_t, 0x8000u, 0x7F80u>;
+using Float16Keys = FloatKeys<uint16_t, int16_t, 0x8000u, 0x7C00u>;
+using Float32Keys = FloatKeys<uint32_t, int32_t, 0x80000000u, 0x7F800000u>;
+using Float64Keys = FloatKeys<uint64_t, int64_t, 0x8000000000000000ull, 0x7FF0000000000000ull>;
+
+template <typename K>
+struct RowWorkspace {
+  std::vector<typename K::Key> group_max, selection;
+  std::vector<std::pair<typename K::Key, int32_t>> candidates;
+  RowWorkspace(int64_t width, int64_t groups) : group_max(groups), selection(groups), candidates(width + 1) {}
+};
+
+template <typename K>
+void row_topk(const typename K::Raw* row, int64_t width, int64_t k, int64_t groups, int64_t* out,
+              RowWorkspace<K>& ws) {
+  using Key = typename K::Key;
+  auto& candidates = ws.candidates;
+  int64_t n_candidates = 0;
+  if (groups == 0) {  // narrow row: select among all scores
+    for (int64_t j = 0; j < width; ++j) candidates[j] = {K::key(row[j]), static_cast<int32_t>(j)};
+    n_candidates = width;
+  } else {
+    Key* group_max = ws.group_max.data();
+    for (int64_t g = 0; g < groups; ++g) group_max[g] = K::key(row[g]);
+    for (int64_t base = groups; base < width; base += groups) {
+      const typename K::Raw* part = row + base;
+      const int64_t count = std::min(groups, width - base);
+      for (int64_t g = 0; g < count; ++g) {
+        const Key v = K::key(part[g]);
+        group_max[g] = v > group_max[g] ? v : group_max[g];
+      }
+    }
+    std::copy(group_max, group_max + groups, ws.selection.begin());
+    std::nth_element(ws.selection.begin(), ws.selection.begin() + (k - 1), ws.selection.end(), std::greater<Key>());
+    const Key tau = ws.selection[k - 1];
+    for (int64_t g = 0; g < groups; ++g) {
+      if (group_max[g] < tau) continue;
+      for (int64_t j = g; j < width; j += groups) {  // branch-free append: keep the slot only if it reaches tau
+        const Key v = K::key(row[j]);
+        candidates[n_candidates] = {v, static_cast<int32_t>(j)};
+        n_candidates += v >= tau;
+      }
+    }
+  }
+  std::nth_element(candidates.begin(), candidates.begin() + (k - 1), candidates.begin() + n_candidates,
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (int64_t i = 0; i < k; ++i) out[i] = candidates[i].second;
+  std::sort(out, out + k);
+}
+
+template <typename K>
+void rows_topk(const torch::Tensor& scores, int64_t k, int64_t groups, torch::Tensor& out) {
+  const int64_t n = scores.size(0), width = scores.size(1);
+  const auto* data = reinterpret_cast<const typename K::Raw*>(scores.data_ptr());
+  int64_t* out_data = out.data_ptr<int64_t>();
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    RowWorkspace<K> ws(width, groups);
+    for (int64_t r = begin; r < end; ++r) row_topk<K>(data + r * width, width, k, groups, out_data + r * k, ws);
+  });
+}
+
+}  // namespace
+
+// Ascending indices of the k largest scores of each row of a contiguous 2-D CPU tensor. `groups` is the
+// number of strided groups (k <= groups <= width), or 0 to select among all scores of each row.
+torch::Tensor sorted_topk_indices(const torch::Tensor& scores, int64_t k, int64_t groups) {
+  TORCH_CHECK(scores.device().is_cpu() && scores.dim() == 2 && scores.is_contiguous(),
+              "scores must be a contiguous 2-D CPU tensor");
+  const int64_t width = scores.size(1);
+  TORCH_CHECK(width < INT32_MAX, "rows wider than 2^31 - 1 are not supported");
+  TORCH_CHECK(k >= 1 && k <= width, "k must be in [1, width]");
+  TORCH_CHECK(groups == 0 || (groups >= k && groups <= width), "groups must be 0 or in [k, width]");
+  auto out = torch::empty({scores.size(0), k}, scores.options().dtype(torch::kInt64));
+  switch (scores.scalar_type()) {
+    case torch::kBFloat16: rows_topk<BFloat16Keys>(scores, k, groups, out); break;
+    case torch::kHalf: rows_topk<Float16Keys>(scores, k, groups, out); break;
+    case torch::kFloat: rows_topk<Float32Keys>(scores, k, groups, out); break;
+    case torch::kDouble: rows_topk<Float64Keys>(scores, k, groups, out); break;
+    default: TORCH_CHECK(false, "scores must be bfloat16, float16, float32 or float64");
+  }
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("sorted_topk_indices", &sorted_topk_indices, "Ascending indices of the k largest scores of each row");
+}
