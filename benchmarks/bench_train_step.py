@@ -44,7 +44,15 @@ from torch import Tensor, nn
 
 from hybrid_sae_ext import HybridSAE, HybridSAEConfig, HybridTrainingSAE, register_architectures
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
-from hybrid_sae_ext.measure import device_name, keep_freed_memory, load_watch, peak_memory, timed, versions
+from hybrid_sae_ext.measure import (
+    cpu_peak_method,
+    device_name,
+    keep_freed_memory,
+    load_watch,
+    peak_memory,
+    timed,
+    versions,
+)
 from hybrid_sae_ext.training.optimizer import make_adam
 
 L1_COEFFICIENT = 5.0  # standard & gated: SAELens' usual range for inputs with E||x||^2 = d_in
@@ -395,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "device_name": device_name(cfg.device),
         "memory_metric": "CUDA max_memory_allocated minus allocation before build"
         if cfg.device.startswith("cuda") else
-        "CPU peak RSS (sampled every 2 ms, minus RSS before build, over build + training); indicative only",
+        f"CPU peak RSS ({cpu_peak_method()}, minus RSS before build, over build + training); indicative only",
         "load": load(),
         "allocator": "CUDA caching allocator" if memory_kept is None else
         "glibc malloc keeps freed memory (no trim, no mmap below 1 GiB)" if memory_kept else "default",

@@ -127,6 +127,42 @@ def test_peak_memory_sees_an_allocation() -> None:
     assert 48 <= peak_mib() <= 256 and after[0] == 1
 
 
+def test_cpu_peak_starts_at_entry_and_needs_no_sampling_thread(monkeypatch) -> None:
+    """On Linux the kernel's high-water mark is reset at entry: a larger block freed before the block is
+    not counted, and no sampler thread runs (it slowed timed steps)."""
+    import threading
+
+    from hybrid_sae_ext import measure
+
+    if not measure.reset_peak_rss():
+        pytest.skip("no resettable RSS high-water mark here (not Linux)")
+    earlier = torch.ones(256 * 2**20 // 4)
+    del earlier
+
+    def no_threads(*args, **kwargs):
+        raise AssertionError("peak_memory started a thread")
+
+    monkeypatch.setattr(threading, "Thread", no_threads)
+    with measure.peak_memory("cpu") as peak_mib:
+        block = torch.ones(64 * 2**20 // 4)
+        del block
+    assert 48 <= peak_mib() <= 128
+    assert "high-water mark" in measure.cpu_peak_method()
+
+
+def test_cpu_peak_falls_back_to_sampling_where_the_mark_cannot_be_reset(monkeypatch) -> None:
+    import time
+
+    from hybrid_sae_ext import measure
+
+    monkeypatch.setattr(measure, "reset_peak_rss", lambda: False)
+    with measure.peak_memory("cpu") as peak_mib:
+        block = torch.ones(64 * 2**20 // 4)
+        time.sleep(0.05)  # several sampling periods
+        del block
+    assert 48 <= peak_mib() <= 256
+
+
 def test_keep_freed_memory_keeps_a_freed_block_in_the_process() -> None:
     """Measured in fresh subprocesses (the setting lasts for the process): by default glibc returns a freed
     64 MiB tensor to the OS; after ``keep_freed_memory()`` the process keeps it for reuse."""
