@@ -71,10 +71,9 @@ void row_topk(const typename K::Raw* row, int64_t width, int64_t k, int64_t grou
     const Key tau = ws.selection[k - 1];
     for (int64_t g = 0; g < groups; ++g) {
       if (group_max[g] < tau) continue;
-      for (int64_t j = g; j < width; j += groups) {  // branch-free append: keep the slot only if it reaches tau
+      for (int64_t j = g; j < width; j += groups) {
         const Key v = K::key(row[j]);
-        candidates[n_candidates] = {v, static_cast<int32_t>(j)};
-        n_candidates += v >= tau;
+        if (v >= tau) candidates[n_candidates++] = {v, static_cast<int32_t>(j)};
       }
     }
   }
