@@ -26,7 +26,7 @@ class SelectionBenchConfig:
     d_sae: int = 8192
     k: int = 32
     batch: int = 1024
-    block_scores: list[int] = field(default_factory=lambda: [2**22, 2**24, 2**26, 2**28])
+    block_scores: list[int] = field(default_factory=lambda: [2**22, 2**23, 2**24, 2**26, 2**28])
     reps: int = 10
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
