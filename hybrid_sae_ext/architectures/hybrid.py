@@ -314,9 +314,13 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
         target = self._flat(x.to(self.dtype))
         n_dead = 0 if dead_mask is None else int(dead_mask.sum())
         k_aux = min(self.cfg.effective_k_aux, n_dead)
+        sae_in = self._flat(self.process_sae_in(x))
+        # Where only b_dec needs the encoder's input gradient (no gradient wanted for x, no hook on the
+        # input that could add a path), the encoder computes it directly (see ``sparse_encode``).
+        bias_only = self.cfg.apply_b_dec_to_input and not x.requires_grad and not self.hook_sae_input._forward_hooks
         sel, aux = kernels.encode(
-            self._flat(self.process_sae_in(x)), self.W_enc, self.b_gate, self.cfg.k, dead_mask, k_aux,
-            self.cfg.selection_dtype,
+            sae_in.detach() if bias_only else sae_in, self.W_enc, self.b_gate, self.cfg.k, dead_mask, k_aux,
+            self.cfg.selection_dtype, self.b_dec if bias_only else None,
         )
         threshold = self._gate_threshold()
         gate_pre, values = self._codes(sel, threshold)

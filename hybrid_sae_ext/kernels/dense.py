@@ -22,8 +22,13 @@ def dense_encode(
     aux_mask: Tensor | None = None,
     k_aux: int = 0,
     selection_dtype: str = "float32",
+    subtracted_bias: Float[Tensor, " d_in"] | None = None,
 ) -> tuple[TopKSelection, TopKSelection | None]:
     """Same contract as ``sparse_encode`` (same selection); gradients flow through the dense ``x @ W_enc``."""
+    if subtracted_bias is not None:
+        if x.requires_grad:
+            raise ValueError("with subtracted_bias, pass x detached: its gradient goes to the bias only")
+        x = x + (subtracted_bias.detach() - subtracted_bias)  # the same values; d x / d bias = -1
     main, aux = select(x, W_enc, selection_bias, k, aux_mask, k_aux, selection_dtype)
     pre = x @ W_enc
     dense_aux = None if aux is None else TopKSelection(pre.gather(1, aux.indices), aux.indices)

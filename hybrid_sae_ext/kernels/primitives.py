@@ -54,6 +54,20 @@ def take(vector: Float[Tensor, " m"], indices: Int[Tensor, "n k"]) -> Float[Tens
     return vector.index_select(0, indices.reshape(-1)).view(indices.shape)
 
 
+def latent_sums(values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], n_latents: int) -> Float[Tensor, " m"]:
+    """``out[m] = sum of values[i, j] where indices[i, j] == m``, in the accumulation dtype.
+
+    CPU: ``index_add_`` (fast there); CUDA: accumulating ``index_put_``, whose sort-based kernel is
+    deterministic where ``index_add_``'s float atomics are not.
+    """
+    dtype = accumulation_dtype(values)
+    out = values.new_zeros(n_latents, dtype=dtype)
+    flat_values, flat_indices = values.reshape(-1).to(dtype), indices.reshape(-1)
+    if values.is_cuda:
+        return out.index_put_((flat_indices,), flat_values, accumulate=True)
+    return out.index_add_(0, flat_indices, flat_values)
+
+
 def gathered_dot(
     rows: Float[Tensor, "n d"], columns: Float[Tensor, "d m"], indices: Int[Tensor, "n k"]
 ) -> Float[Tensor, "n k"]:

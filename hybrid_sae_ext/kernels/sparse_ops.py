@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hybrid_sae_ext.kernels.primitives import gather_sum, gathered_dot, scatter_matmul
+from hybrid_sae_ext.kernels.primitives import gather_sum, gathered_dot, latent_sums, scatter_matmul
 from hybrid_sae_ext.kernels.selection import select
 from hybrid_sae_ext.kernels.types import TopKSelection
 
@@ -108,7 +108,12 @@ def sparse_decode_pair(
 
 
 class _SparseEncode(torch.autograd.Function):
-    """``pre = x @ W_enc`` at the selected latents (exact); backward touches only those latents."""
+    """``pre = x @ W_enc`` at the selected latents (exact); backward touches only those latents.
+
+    ``subtracted_bias`` is a bias already inside ``x`` (``x = raw - subtracted_bias``, with ``raw``
+    needing no gradient): its gradient ``-sum_i dL/dx_i = -W_enc @ (per-latent sums of dL/dpre)`` is one
+    matrix-vector product, where the input gradient it replaces is a gather over ``n x k`` encoder columns.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -120,6 +125,7 @@ class _SparseEncode(torch.autograd.Function):
         aux_mask: Tensor | None,
         k_aux: int,
         selection_dtype: str,
+        subtracted_bias: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         main, aux = select(x, W_enc, selection_bias, k, aux_mask, k_aux, selection_dtype)
         aux_indices = aux.indices if aux is not None else main.indices.new_empty((x.shape[0], 0))
@@ -132,12 +138,15 @@ class _SparseEncode(torch.autograd.Function):
     def backward(ctx, grad_values, _grad_indices, grad_aux_values, _grad_aux_indices):  # type: ignore[override]
         x, W_enc, all_indices = ctx.saved_tensors
         grad = torch.cat([grad_values, grad_aux_values], dim=1)
-        grad_x = grad_W_enc = None
+        grad_x = grad_W_enc = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = gather_sum(grad, all_indices, W_enc.t()).to(x.dtype)
         if ctx.needs_input_grad[1]:
             grad_W_enc = scatter_matmul(grad, all_indices, x, W_enc.shape[1]).t().to(W_enc.dtype)
-        return grad_x, grad_W_enc, None, None, None, None, None
+        if ctx.needs_input_grad[7]:
+            sums = latent_sums(grad, all_indices, W_enc.shape[1])
+            grad_bias = torch.mv(W_enc.to(sums.dtype), sums).neg_().to(x.dtype)
+        return grad_x, grad_W_enc, None, None, None, None, None, grad_bias
 
 
 def sparse_encode(
@@ -148,16 +157,21 @@ def sparse_encode(
     aux_mask: Tensor | None = None,
     k_aux: int = 0,
     selection_dtype: str = "float32",
+    subtracted_bias: Float[Tensor, " d_in"] | None = None,
 ) -> tuple[TopKSelection, TopKSelection | None]:
     """Select the top-k latents of ``x @ W_enc + selection_bias`` and return their pre-activations.
 
     With ``aux_mask`` (e.g. dead latents) and ``k_aux > 0`` also returns the top-``k_aux``
     pre-activations among the masked latents (the AuxK selection), sharing one matmul.
     The returned values are exact ``x @ W_enc`` *without* the selection bias;
-    ``selection_dtype`` is how the candidates are scored (see ``selection``).
+    ``selection_dtype`` is how the candidates are scored (see ``selection``). ``subtracted_bias``:
+    a bias already subtracted from ``x`` (which then must not need a gradient itself), to which the
+    gradient flows as if through ``x = raw - subtracted_bias``.
     """
+    if subtracted_bias is not None and x.requires_grad:
+        raise ValueError("with subtracted_bias, pass x detached: its gradient goes to the bias only")
     values, indices, aux_values, aux_indices = _SparseEncode.apply(
-        x, W_enc, selection_bias.detach(), k, aux_mask, k_aux, selection_dtype
+        x, W_enc, selection_bias.detach(), k, aux_mask, k_aux, selection_dtype, subtracted_bias
     )
     aux = TopKSelection(aux_values, aux_indices) if aux_indices.shape[1] > 0 else None
     return TopKSelection(values, indices), aux

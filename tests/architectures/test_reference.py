@@ -205,3 +205,34 @@ def test_inference_encode_decode_match_reference(backend: str, dtype: str, tol: 
     dense = torch.zeros(36, 40, dtype=torch.float64).scatter(1, sparse.indices.reshape(-1, 5), sparse.values.reshape(-1, 5).double())
     torch.testing.assert_close(dense, codes_ref, **tol)
     torch.testing.assert_close(sae.decode_sparse(sparse).reshape(-1, 8).double(), recon_ref, **tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_activations_that_need_a_gradient_get_the_reference_one(backend: str) -> None:
+    """Attribution: with ``x.requires_grad`` the encoder computes the full input gradient (not only b_dec's)."""
+    sae, x, dead = _case("many_dead", backend)
+    x = x.clone().requires_grad_()
+    out = sae.hybrid_forward(x, dead_mask=dead)
+    ref_x = x.detach().clone().requires_grad_()
+    ref, params = _reference(sae, ref_x, dead)
+    got = torch.autograd.grad(out.losses.total(), (x, sae.b_dec))
+    want = torch.autograd.grad(ref.mse + ref.gate_aux + ref.l1 + ref.aux_k, (ref_x, params["b_dec"]))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, **F64)
+
+
+def test_a_hook_on_the_sae_input_keeps_its_gradient() -> None:
+    """A hook that adds a learnable shift to the SAE input gets its gradient (the b_dec-only shortcut
+    would drop it), the same from both backends, and b_dec's stays the reference one."""
+    grads = {}
+    for backend in BACKENDS:
+        sae, x, dead = _case("many_dead", backend)
+        shift = torch.zeros(x.shape[-1], dtype=x.dtype, requires_grad=True)
+        sae.hook_sae_input.add_hook(lambda act, hook, shift=shift: act + shift)
+        out = sae.hybrid_forward(x, dead_mask=dead)
+        grads[backend] = torch.autograd.grad(out.losses.total(), (shift, sae.b_dec))
+        ref, params = _reference(sae, x, dead)
+        want = torch.autograd.grad(ref.mse + ref.gate_aux + ref.l1 + ref.aux_k, params["b_dec"])[0]
+        torch.testing.assert_close(grads[backend][1].double(), want, **F64)
+    assert grads["sparse"][0].abs().max() > 1e-3
+    torch.testing.assert_close(grads["sparse"][0], grads["dense"][0], **F64)
