@@ -1,5 +1,6 @@
-"""Fixtures shared across test folders: a tiny comparison results folder made by a real run, and the
-benchmark scripts loaded by path (they are scripts, not package modules)."""
+"""Fixtures shared across test folders: a tiny comparison results folder made by a real run, the
+benchmark scripts loaded by path (they are scripts, not package modules), and the CPU kernels built
+once up front."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ import pytest
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig, run_comparison, write_results
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _build_native_kernels() -> None:
+    """On a fresh machine the first use compiles ``kernels/csrc`` (~25 s): do it here, once, so no test
+    with a time limit (a notebook, a subprocess CLI) pays for it; later processes load the cached build."""
+    from hybrid_sae_ext.kernels.native import native_kernels
+
+    native_kernels()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The CPU kernels in ``csrc/``, compiled on first use for the machine that runs them.
 
 Why: on CPU the top-k selection was the largest single cost of a hybrid step (about 40% with the
-selection GEMM) and no PyTorch op does it fast; a one-pass C++ kernel does (see ``csrc/topk.cpp``).
+selection GEMM) and no PyTorch op does it fast; a one-pass C++ kernel does. The gathered dot beside it
+visits (token, latent) pairs latent by latent, so each weight row is read once (see ``csrc/cpu_kernels.cpp``).
 It is built with ``torch.utils.cpp_extension.load`` (the system C++ compiler, OpenMP, ``-march=native``)
 into PyTorch's extension cache, under a name that carries a digest of the source, the torch version
 and the CPU's instruction sets, so a cache shared between different machines never loads a binary
@@ -22,7 +23,7 @@ from types import ModuleType
 import torch
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
-SOURCES = (SOURCE_DIR / "topk.cpp",)
+SOURCES = (SOURCE_DIR / "cpu_kernels.cpp",)
 DISABLE_ENV = "HYBRID_SAE_NATIVE"
 
 

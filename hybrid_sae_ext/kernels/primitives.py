@@ -4,9 +4,10 @@
 * ``gathered_dot``: selected dot products (the code gradient and the exact encoder values),
 * ``scatter_matmul``: the weight gradients of encoder and decoder.
 
-On CPU (and on CUDA without Triton) they are plain PyTorch sparse ops; on CUDA with Triton
-installed they run the kernels in ``triton_ops`` (deterministic, no float atomics). The PyTorch
-path is the reference the Triton kernels are tested against.
+On CPU (and on CUDA without Triton) they are plain PyTorch sparse ops, except the fp32 gathered dot on
+CPU, which runs the C++ kernel of ``native`` where it is built; on CUDA with Triton installed they run
+the kernels in ``triton_ops`` (deterministic, no float atomics). The PyTorch path is the reference the
+Triton and C++ kernels are tested against.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hybrid_sae_ext.kernels.native import native_kernels
+
 # CSR tensors are only a transient index pattern for ``sampled_addmm`` here.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -26,6 +29,14 @@ _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _native_applies(rows: Tensor, columns: Tensor) -> bool:
+    """The C++ gathered dot: fp32 CPU tensors, each column of ``columns`` contiguous (latent-major)."""
+    return (
+        rows.device.type == "cpu" and rows.dtype == columns.dtype == torch.float32
+        and columns.t().is_contiguous() and native_kernels() is not None
+    )
 
 
 def use_triton(*tensors: Tensor) -> bool:
@@ -76,6 +87,10 @@ def gathered_dot(
         from hybrid_sae_ext.kernels import triton_ops
 
         return triton_ops.gathered_dot(rows, columns, indices)
+    if _native_applies(rows, columns):
+        kernels = native_kernels()
+        assert kernels is not None
+        return kernels.gathered_dot(rows.contiguous(), columns.t(), indices.contiguous())  # type: ignore[no-any-return]
     dtype = accumulation_dtype(rows, columns)
     n, k = indices.shape
     crow = torch.arange(0, n * k + 1, k, device=indices.device, dtype=torch.int64)

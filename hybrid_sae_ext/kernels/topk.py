@@ -9,7 +9,7 @@ the k largest scores lie in the k groups with the largest maxima.
 * ``halving`` (CPU): groups are the pairs ``(j, j + width / 2)``; one vectorised ``maximum`` halves the
   row; recursing until the row is short and then taking, level by level, the k best of the ``2k``
   members of the k best pairs gives the exact top-k with small ``topk`` calls only.
-* ``native`` (CPU, where the C++ kernel of ``native.py`` builds): the same bound in one pass per row
+* ``native`` (CPU, where the C++ kernels of ``native.py`` build): the same bound in one pass per row
   (strided groups, the k-th largest group maximum as a threshold, a scan of the groups that reach
   it), 2-3x faster than ``halving`` on the 2-core Xeon; it returns the indices ascending.
 * ``grouped`` (CUDA): group ``j`` is the scores ``j + i * width / GROUP`` (``halving`` applied

@@ -1,5 +1,6 @@
-// Exact top-k of each row of a score matrix, returned as ascending indices (CPU; built by ../native.py).
+// CPU kernels of hybrid_sae_ext (built on first use by ../native.py): an exact top-k and a gathered dot.
 //
+// Top-k (sorted_topk_indices): exact top-k of each row of a score matrix, as ascending indices.
 // Why: the halving top-k in topk.py needs about ten small PyTorch ops per level, and torch.topk costs
 // ~5 ns per score; this is one pass per row. Split a row into `groups` strided groups (group g holds
 // g, g + groups, g + 2 groups, ...). The k-th largest group maximum `tau` is a lower bound of the k-th
@@ -116,6 +117,55 @@ torch::Tensor sorted_topk_indices(const torch::Tensor& scores, int64_t k, int64_
   return out;
 }
 
+// out[i, j] = rows[i] . table[indices[i, j]] in fp32, visiting the pairs latent by latent: each table row
+// (2 KiB at d 512) is read from memory once and meets every row that picked it, where row-by-row order
+// reads one table row per pair, n * k in all (the PyTorch path's sampled_addmm). rows: [n, d]
+// float32, table: [m, d] float32, both contiguous; indices: [n, k] int64 in [0, m).
+torch::Tensor gathered_dot(const torch::Tensor& rows, const torch::Tensor& table, const torch::Tensor& indices) {
+  TORCH_CHECK(rows.device().is_cpu() && rows.dim() == 2 && rows.is_contiguous() && rows.scalar_type() == torch::kFloat,
+              "rows must be a contiguous 2-D float32 CPU tensor");
+  TORCH_CHECK(table.device().is_cpu() && table.dim() == 2 && table.is_contiguous() && table.scalar_type() == torch::kFloat
+              && table.size(1) == rows.size(1), "table must be a contiguous [m, d] float32 CPU tensor");
+  TORCH_CHECK(indices.dim() == 2 && indices.size(0) == rows.size(0) && indices.is_contiguous()
+              && indices.scalar_type() == torch::kLong, "indices must be a contiguous [n, k] int64 tensor");
+  const int64_t n = indices.size(0), k = indices.size(1), m = table.size(0), d = rows.size(1);
+  const int64_t* idx = indices.data_ptr<int64_t>();
+  auto out = torch::empty({n, k}, rows.options());
+  if (n * k == 0) return out;
+  // pairs grouped by latent (a counting sort of the flat positions)
+  std::vector<int64_t> start(m + 1, 0);
+  for (int64_t p = 0; p < n * k; ++p) {
+    TORCH_CHECK(idx[p] >= 0 && idx[p] < m, "an index is outside [0, m)");
+    ++start[idx[p] + 1];
+  }
+  for (int64_t l = 0; l < m; ++l) start[l + 1] += start[l];
+  std::vector<int64_t> fill(start.begin(), start.end() - 1), by_latent(n * k);
+  for (int64_t p = 0; p < n * k; ++p) by_latent[fill[idx[p]]++] = p;
+  const float* x = rows.data_ptr<float>();
+  const float* w = table.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  constexpr int64_t kLanes = 16;
+  at::parallel_for(0, m, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t l = begin; l < end; ++l) {
+      const float* col = w + l * d;
+      for (int64_t q = start[l]; q < start[l + 1]; ++q) {
+        const int64_t p = by_latent[q];
+        const float* row = x + (p / k) * d;
+        float acc[kLanes] = {};
+        int64_t i = 0;
+        for (; i + kLanes <= d; i += kLanes)
+          for (int64_t lane = 0; lane < kLanes; ++lane) acc[lane] += row[i + lane] * col[i + lane];
+        float total = 0.0f;
+        for (; i < d; ++i) total += row[i] * col[i];
+        for (int64_t lane = 0; lane < kLanes; ++lane) total += acc[lane];
+        o[p] = total;
+      }
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sorted_topk_indices", &sorted_topk_indices, "Ascending indices of the k largest scores of each row");
+  m.def("gathered_dot", &gathered_dot, "out[i, j] = rows[i] . table[indices[i, j]], latent by latent");
 }

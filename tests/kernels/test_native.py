@@ -1,0 +1,70 @@
+"""The C++ gathered dot (``csrc/cpu_kernels.cpp``) against a float64 einsum, and ``primitives.gathered_dot``
+sending exactly the fp32, latent-major case to it. (The native top-k is tested in ``test_topk.py``.)"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from hybrid_sae_ext.kernels import native, primitives
+
+pytestmark = pytest.mark.skipif(
+    native.disabled() or (shutil.which("c++") is None and shutil.which("g++") is None),
+    reason="no C++ compiler (or HYBRID_SAE_NATIVE=0): the native kernels are not built here",
+)
+
+
+def _kernels():
+    kernels = native.native_kernels()
+    assert kernels is not None, "the native kernels failed to build"
+    return kernels
+
+
+def _reference(rows: torch.Tensor, table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("nd,nkd->nk", rows.double(), table.double()[indices])
+
+
+@pytest.mark.parametrize(("n", "d", "m", "k"), [(50, 64, 300, 7), (33, 20, 40, 40), (9, 1, 5, 3), (64, 515, 128, 16)])
+def test_gathered_dot_matches_float64(n: int, d: int, m: int, k: int) -> None:
+    """Widths below, at and above the 16 lanes (a tail), every latent picked (k = m) and repeated picks."""
+    gen = torch.Generator().manual_seed(n + d)
+    rows, table = torch.randn(n, d, generator=gen), torch.randn(m, d, generator=gen)
+    indices = torch.randint(0, m, (n, k), generator=gen)
+    indices[0] = indices[0, 0]  # one row picks the same latent k times
+    got = _kernels().gathered_dot(rows, table, indices)
+    torch.testing.assert_close(got.double(), _reference(rows, table, indices), rtol=1e-5, atol=1e-5)
+
+
+def test_gathered_dot_of_empty_inputs_and_a_bad_index() -> None:
+    kernels = _kernels()
+    assert kernels.gathered_dot(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(3, 0, dtype=torch.long)).shape == (3, 0)
+    assert kernels.gathered_dot(torch.zeros(0, 4), torch.zeros(5, 4), torch.zeros(0, 2, dtype=torch.long)).shape == (0, 2)
+    with pytest.raises(RuntimeError, match=r"outside \[0, m\)"):
+        kernels.gathered_dot(torch.zeros(2, 4), torch.zeros(5, 4), torch.tensor([[0, 5], [1, 2]]))
+
+
+def test_primitives_send_only_fp32_latent_major_columns_to_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernels = _kernels()
+    calls = []
+    monkeypatch.setattr(native, "native_kernels", lambda: type("K", (), {
+        "gathered_dot": staticmethod(lambda *a: calls.append(1) or kernels.gathered_dot(*a)),
+    }))
+    monkeypatch.setattr(primitives, "native_kernels", native.native_kernels)
+    gen = torch.Generator().manual_seed(0)
+    rows, latent_major = torch.randn(12, 24, generator=gen), torch.randn(40, 24, generator=gen)
+    indices = torch.randint(0, 40, (12, 5), generator=gen)
+    want = _reference(rows, latent_major, indices)
+    for columns, native_used in [
+        (latent_major.t(), True),  # W_enc / W_dec.t() as the hybrid stores them
+        (latent_major.t().contiguous(), False),  # columns strided: the PyTorch path
+    ]:
+        calls.clear()
+        got = primitives.gathered_dot(rows, columns, indices)
+        assert bool(calls) == native_used
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    got = primitives.gathered_dot(rows.double(), latent_major.double().t(), indices)  # float64: PyTorch path
+    assert not calls
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
