@@ -63,50 +63,48 @@ def peak_memory(device: str) -> Iterator[Callable[[], float]]:
     elsewhere a thread samples the RSS every 2 ms, which misses short peaks and, on a 2-core machine,
     slowed the timed steps by 3-7% (it wakes while the compute threads run)."""
     gc.collect()
-    at_end: float | None = None
+    stop = threading.Event()
+    thread: threading.Thread | None = None
+    current: Callable[[], float]
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        cuda_base = torch.cuda.memory_allocated()
 
-        def cuda_peak() -> float:
-            return at_end if at_end is not None else (torch.cuda.max_memory_allocated() - base) / 2**20
+        def current() -> float:
+            return (torch.cuda.max_memory_allocated() - cuda_base) / 2**20
+    else:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        base = peak = rss_bytes()
+        if reset_peak_rss():
 
-        yield cuda_peak
-        at_end = cuda_peak()
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    if reset_peak_rss():
-        base = rss_bytes()
+            def current() -> float:
+                return ((peak_rss_bytes() or base) - base) / 2**20
+        else:
 
-        def kernel_peak() -> float:
-            return at_end if at_end is not None else ((peak_rss_bytes() or base) - base) / 2**20
+            def sample() -> None:
+                nonlocal peak
+                while not stop.wait(0.002):
+                    peak = max(peak, rss_bytes())
 
-        try:
-            yield kernel_peak
-        finally:
-            at_end = kernel_peak()
-        return
-    base = peak = rss_bytes()
-    stop = threading.Event()
+            def current() -> float:
+                return (max(peak, rss_bytes()) - base) / 2**20
 
-    def sample() -> None:
-        nonlocal peak
-        while not stop.wait(0.002):
-            peak = max(peak, rss_bytes())
+            thread = threading.Thread(target=sample, daemon=True)
+            thread.start()
+    at_end: float | None = None
 
-    def rss_peak() -> float:
-        return at_end if at_end is not None else (max(peak, rss_bytes()) - base) / 2**20
+    def peak_mib() -> float:
+        return at_end if at_end is not None else current()
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
     try:
-        yield rss_peak
+        yield peak_mib
     finally:
         stop.set()
-        thread.join()
-        at_end = rss_peak()
+        if thread is not None:
+            thread.join()
+        at_end = current()
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
