@@ -61,7 +61,7 @@ def topk_indices(scores: Float[Tensor, "n width"], k: int, method: TopKMethod = 
     if method not in TOPK_METHODS:
         raise ValueError(f"method={method!r} is not one of {TOPK_METHODS}")
     if method == "auto":
-        method = ("native" if _native_applies(scores) else "halving") if scores.device.type == "cpu" else "grouped"
+        method = "native" if scores.device.type == "cpu" else "grouped"
     if method == "native":
         if k > 0 and _native_applies(scores):
             return _native_sorted_topk(scores, k)
