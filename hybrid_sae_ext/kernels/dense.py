@@ -11,7 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hybrid_sae_ext.kernels.selection import select
-from hybrid_sae_ext.kernels.types import TopKSelection
+from hybrid_sae_ext.kernels.types import TopKSelection, check_subtracted_bias
 
 
 def dense_encode(
@@ -25,9 +25,8 @@ def dense_encode(
     subtracted_bias: Float[Tensor, " d_in"] | None = None,
 ) -> tuple[TopKSelection, TopKSelection | None]:
     """Same contract as ``sparse_encode`` (same selection); gradients flow through the dense ``x @ W_enc``."""
+    check_subtracted_bias(x, subtracted_bias)
     if subtracted_bias is not None:
-        if x.requires_grad:
-            raise ValueError("with subtracted_bias, pass x detached: its gradient goes to the bias only")
         x = x + (subtracted_bias.detach() - subtracted_bias)  # the same values; d x / d bias = -1
     main, aux = select(x, W_enc, selection_bias, k, aux_mask, k_aux, selection_dtype)
     pre = x @ W_enc

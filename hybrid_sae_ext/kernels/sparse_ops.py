@@ -23,7 +23,7 @@ from torch import Tensor
 
 from hybrid_sae_ext.kernels.primitives import gather_sum, gathered_dot, latent_sums, scatter_matmul
 from hybrid_sae_ext.kernels.selection import select
-from hybrid_sae_ext.kernels.types import TopKSelection
+from hybrid_sae_ext.kernels.types import TopKSelection, check_subtracted_bias
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -168,8 +168,7 @@ def sparse_encode(
     a bias already subtracted from ``x`` (which then must not need a gradient itself), to which the
     gradient flows as if through ``x = raw - subtracted_bias``.
     """
-    if subtracted_bias is not None and x.requires_grad:
-        raise ValueError("with subtracted_bias, pass x detached: its gradient goes to the bias only")
+    check_subtracted_bias(x, subtracted_bias)
     values, indices, aux_values, aux_indices = _SparseEncode.apply(
         x, W_enc, selection_bias.detach(), k, aux_mask, k_aux, selection_dtype, subtracted_bias
     )

@@ -1,4 +1,4 @@
-"""Typed results shared by the kernel backends."""
+"""Typed results and argument checks shared by the kernel backends."""
 
 from typing import NamedTuple
 
@@ -14,3 +14,9 @@ class TopKSelection(NamedTuple):
 
     indices: Int[Tensor, "n k"]
     """Chosen latent ids, sorted ascending within each row."""
+
+
+def check_subtracted_bias(x: Tensor, subtracted_bias: Tensor | None) -> None:
+    """The encoders' contract for ``subtracted_bias``: ``x`` comes detached, its gradient goes to the bias only."""
+    if subtracted_bias is not None and x.requires_grad:
+        raise ValueError("with subtracted_bias, pass x detached: its gradient goes to the bias only")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid_sae_ext.kernels import get_kernels
+from hybrid_sae_ext.kernels import dense_encode, get_kernels, sparse_encode
 from hybrid_sae_ext.kernels.primitives import gather_sum, gathered_dot, scatter_matmul
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -239,3 +239,13 @@ def test_bad_selection_dtype_is_named() -> None:
 def test_unknown_backend_is_named() -> None:
     with pytest.raises(ValueError, match="'triton'.*sparse, dense"):
         get_kernels("triton")
+
+
+@pytest.mark.parametrize("encode", [sparse_encode, dense_encode])
+def test_a_subtracted_bias_needs_a_detached_input(encode) -> None:
+    """Else the input's own gradient would silently be dropped: both backends refuse, naming the fix."""
+    x, W_enc, bias = torch.randn(4, 6, requires_grad=True), torch.randn(6, 10), torch.zeros(10)
+    with pytest.raises(ValueError, match="pass x detached"):
+        encode(x, W_enc, bias, 3, subtracted_bias=torch.zeros(6, requires_grad=True))
+    selection, _ = encode(x.detach(), W_enc, bias, 3, subtracted_bias=torch.zeros(6, requires_grad=True))
+    assert selection.values.shape == (4, 3)
