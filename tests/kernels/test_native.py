@@ -4,6 +4,7 @@ sending exactly the fp32, latent-major case to it. (The native top-k is tested i
 from __future__ import annotations
 
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -48,10 +49,8 @@ def test_gathered_dot_of_empty_inputs_and_a_bad_index() -> None:
 def test_primitives_send_only_fp32_latent_major_columns_to_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     kernels = _kernels()
     calls = []
-    monkeypatch.setattr(native, "native_kernels", lambda: type("K", (), {
-        "gathered_dot": staticmethod(lambda *a: calls.append(1) or kernels.gathered_dot(*a)),
-    }))
-    monkeypatch.setattr(primitives, "native_kernels", native.native_kernels)
+    counting = SimpleNamespace(gathered_dot=lambda *a: calls.append(1) or kernels.gathered_dot(*a))
+    monkeypatch.setattr(primitives, "native_kernels", lambda: counting)
     gen = torch.Generator().manual_seed(0)
     rows, latent_major = torch.randn(12, 24, generator=gen), torch.randn(40, 24, generator=gen)
     indices = torch.randint(0, 40, (12, 5), generator=gen)
