@@ -280,8 +280,9 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
     def decoder_scales(self) -> Float[Tensor, " d_sae"]:
         """``1 / ||W_dec[i]||``: the unit-norm constraint as a reparametrisation, so any trainer keeps it.
 
-        The sparse forward scales the selected codes by it instead of normalising the whole decoder:
-        the same products, without two ``d_sae x d_in`` passes forward and ~8 backward per step.
+        The sparse forward hands it (detached) to the decodes, which scale the selected codes by it and
+        differentiate through the normalisation themselves: the same products as a normalised decoder,
+        without its ``d_sae x d_in`` passes (two forward, ~8 backward per step).
         """
         return inverse_row_norms(self.W_dec)
 
@@ -328,14 +329,14 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
         gate_pre = gate_pre + threshold
         if self.cfg.target_l0 is not None and self.training and sel.values.shape[0] > 0:
             self._track_target_l0(gate_pre.detach())
-        # decode(v, idx, unit-norm rows) == decode(v * scales[idx], idx, W_dec): see ``decoder_scales``.
-        scales, W_dec = self.decoder_scales(), self.W_dec
+        # The decodes use unit-norm rows and differentiate through the normalisation themselves, given
+        # the inverse norms (see ``decoder_scales``); the gradient's norm term lands in W_dec's in place.
+        W_dec = self.W_dec
+        with torch.no_grad():
+            scales = self.decoder_scales()
         gate_act = torch.relu(gate_pre)
-        gate_codes = gate_act * take(scales.detach(), sel.indices)
         # The gated auxiliary reconstruction trains the gate only: its decoder and b_dec are detached.
-        decoded, gate_decoded = kernels.decode_pair(
-            values * take(scales, sel.indices), gate_codes, sel.indices, W_dec, W_dec.detach()
-        )
+        decoded, gate_decoded = kernels.decode_pair(values, gate_act, sel.indices, W_dec, W_dec.detach(), scales)
         sae_out = decoded + self.b_dec
         mse = (sae_out - target).pow(2).sum(-1).mean()
         via_gate = gate_decoded + self.b_dec.detach()
@@ -346,11 +347,11 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
         aux_k = mse.new_zeros(())
         if aux is not None:
             residual = (target - sae_out).detach()
-            aux_recon = kernels.decode(aux.values * take(scales, aux.indices), aux.indices, W_dec)
+            aux_recon = kernels.decode(aux.values, aux.indices, W_dec, scales)
             scale = min(n_dead / self.cfg.effective_k_aux, 1.0)
             aux_k = self.cfg.aux_k_coefficient * scale * (aux_recon - residual).pow(2).sum(-1).mean()
             dead_gate = aux.values.detach() + take(self.b_gate, aux.indices)
-            along_row = gathered_dot(residual, W_dec.detach().t(), aux.indices) * take(scales.detach(), aux.indices)
+            along_row = gathered_dot(residual, W_dec.detach().t(), aux.indices) * take(scales, aux.indices)
             gate_aux = gate_aux + self.cfg.gate_aux_coefficient * (dead_gate - along_row).pow(2).sum(-1).mean()
 
         losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k)

@@ -10,8 +10,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hybrid_sae_ext.kernels.row_norms import NORM_FLOOR
 from hybrid_sae_ext.kernels.selection import select
-from hybrid_sae_ext.kernels.types import TopKSelection, check_subtracted_bias
+from hybrid_sae_ext.kernels.types import TopKSelection, check_pair_tables, check_subtracted_bias, same_table
 
 
 def dense_encode(
@@ -34,14 +35,23 @@ def dense_encode(
     return TopKSelection(pre.gather(1, main.indices), main.indices), dense_aux
 
 
+def _unit_rows(W_dec: Tensor) -> Tensor:
+    """``W_dec`` with unit-norm rows, differentiated by autograd through torch's own norm."""
+    return W_dec / torch.linalg.vector_norm(W_dec, dim=-1, keepdim=True).clamp_min(NORM_FLOOR)
+
+
 def dense_decode(
-    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], W_dec: Float[Tensor, "d_sae d_in"]
+    values: Float[Tensor, "n k"],
+    indices: Int[Tensor, "n k"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    inverse_norms: Float[Tensor, " d_sae"] | None = None,
 ) -> Float[Tensor, "n d_in"]:
-    """Scatter the codes into a dense ``n x d_sae`` matrix and multiply by the decoder."""
+    """Scatter the codes into a dense ``n x d_sae`` matrix and multiply by the decoder (by its unit-norm
+    rows where ``inverse_norms`` is given, as ``sparse_decode``; they are recomputed here through autograd)."""
     codes = torch.zeros(
         values.shape[0], W_dec.shape[0], dtype=values.dtype, device=values.device
     ).scatter(1, indices, values)
-    return codes @ W_dec
+    return codes @ (W_dec if inverse_norms is None else _unit_rows(W_dec))
 
 
 def dense_decode_pair(
@@ -50,6 +60,11 @@ def dense_decode_pair(
     indices: Int[Tensor, "n k"],
     W_dec: Float[Tensor, "d_sae d_in"],
     other_W_dec: Float[Tensor, "d_sae d_in"],
+    inverse_norms: Float[Tensor, " d_sae"] | None = None,
 ) -> tuple[Float[Tensor, "n d_in"], Float[Tensor, "n d_in"]]:
     """Same contract as ``sparse_decode_pair``: two dense decodes."""
-    return dense_decode(values, indices, W_dec), dense_decode(other_values, indices, other_W_dec)
+    check_pair_tables(same_table(W_dec, other_W_dec), inverse_norms)
+    return (
+        dense_decode(values, indices, W_dec, inverse_norms),
+        dense_decode(other_values, indices, other_W_dec, inverse_norms),
+    )

@@ -21,46 +21,87 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hybrid_sae_ext.kernels.primitives import gather_sum, gathered_dot, latent_sums, scatter_matmul
+from hybrid_sae_ext.kernels.primitives import gather_sum, gathered_dot, latent_sums, scatter_matmul, take
+from hybrid_sae_ext.kernels.row_norms import gradient_row_factor
 from hybrid_sae_ext.kernels.selection import select
-from hybrid_sae_ext.kernels.types import TopKSelection, check_subtracted_bias
+from hybrid_sae_ext.kernels.types import TopKSelection, check_pair_tables, check_subtracted_bias, same_table
+
+
+def _scaled(values: Tensor, indices: Tensor, inverse_norms: Tensor | None) -> Tensor:
+    """The codes a decode with unit-norm rows multiplies the stored rows by: ``values * inverse_norms[indices]``."""
+    return values if inverse_norms is None else values * take(inverse_norms, indices)
+
+
+def _decode_grads(
+    values: Tensor,
+    dots: Tensor | None,
+    indices: Tensor,
+    grad_out: Tensor,
+    W_dec: Tensor,
+    inverse_norms: Tensor | None,
+    need_values: bool,
+    need_W_dec: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of ``out[i] = sum_j values[i, j] * s[m] * W_dec[m]`` (``m = indices[i, j]``; ``s = inverse_norms``,
+    or 1) given ``dots[i, j] = grad_out[i] . W_dec[m]``. With ``s = 1 / ||W_dec[m]||`` the normalisation's own
+    term, ``W_dec[m] * (-s^3 * sum of values * dots over the picks of m)``, is added in place to the
+    sparse product's result: no second ``d_sae x d_in`` gradient to allocate and add."""
+    grad_values = grad_W_dec = None
+    if need_values:
+        assert dots is not None
+        grad_values = _scaled(dots, indices, inverse_norms).to(values.dtype)
+    if need_W_dec:
+        grad_W_dec = scatter_matmul(_scaled(values, indices, inverse_norms), indices, grad_out, W_dec.shape[0])
+        if inverse_norms is not None:
+            assert dots is not None
+            grad_scales = latent_sums(values * dots, indices, W_dec.shape[0])
+            factor = gradient_row_factor(inverse_norms, grad_scales)
+            grad_W_dec.addcmul_(W_dec, factor.to(grad_W_dec.dtype).unsqueeze(1))
+        grad_W_dec = grad_W_dec.to(W_dec.dtype)
+    return grad_values, grad_W_dec
 
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(values, indices, W_dec)
-        return gather_sum(values, indices, W_dec)
+    def forward(ctx, values: Tensor, indices: Tensor, W_dec: Tensor, inverse_norms: Tensor | None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(values, indices, W_dec, inverse_norms)
+        return gather_sum(_scaled(values, indices, inverse_norms), indices, W_dec)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        values, indices, W_dec = ctx.saved_tensors
+        values, indices, W_dec, inverse_norms = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        grad_values = grad_W_dec = None
-        if ctx.needs_input_grad[0]:
-            grad_values = gathered_dot(grad_out, W_dec.t(), indices).to(values.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_W_dec = scatter_matmul(values, indices, grad_out, W_dec.shape[0]).to(W_dec.dtype)
-        return grad_values, None, grad_W_dec
+        need_values, need_W_dec = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        dots = None
+        if need_values or (need_W_dec and inverse_norms is not None):
+            dots = gathered_dot(grad_out, W_dec.t(), indices)
+        grad_values, grad_W_dec = _decode_grads(
+            values, dots, indices, grad_out, W_dec, inverse_norms, need_values, need_W_dec
+        )
+        return grad_values, None, grad_W_dec, None
 
 
 def sparse_decode(
-    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], W_dec: Float[Tensor, "d_sae d_in"]
+    values: Float[Tensor, "n k"],
+    indices: Int[Tensor, "n k"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    inverse_norms: Float[Tensor, " d_sae"] | None = None,
 ) -> Float[Tensor, "n d_in"]:
-    """Decode ``k`` (value, latent) pairs per token: ``sum_j values[:, j] * W_dec[indices[:, j]]``."""
-    return _SparseDecode.apply(values, indices, W_dec)  # type: ignore[no-any-return]
+    """Decode ``k`` (value, latent) pairs per token: ``sum_j values[:, j] * W_dec[indices[:, j]]``.
+
+    ``inverse_norms``: ``inverse_row_norms(W_dec)``, detached; the decode then uses the unit-norm rows
+    ``W_dec[m] / ||W_dec[m]||`` and its gradient to ``W_dec`` runs through the normalisation.
+    """
+    return _SparseDecode.apply(values, indices, W_dec, _detached(inverse_norms))  # type: ignore[no-any-return]
+
+
+def _detached(tensor: Tensor | None) -> Tensor | None:
+    return None if tensor is None else tensor.detach()
 
 
 def _interleave(first: Tensor, second: Tensor) -> Tensor:
     """Rows ``first[0], second[0], first[1], second[1], ...``."""
     return torch.stack([first, second], dim=1).reshape(2 * first.shape[0], *first.shape[1:])
-
-
-def _same_table(first: Tensor, second: Tensor) -> bool:
-    """Whether two tensors (e.g. ``W`` and ``W.detach()``) are one table in memory."""
-    return (
-        first.data_ptr() == second.data_ptr() and first.shape == second.shape and first.stride() == second.stride()
-    )
 
 
 class _SparseDecodePair(torch.autograd.Function):
@@ -69,28 +110,35 @@ class _SparseDecodePair(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, values: Tensor, other_values: Tensor, indices: Tensor, W_dec: Tensor, other_W_dec: Tensor
+        ctx,
+        values: Tensor,
+        other_values: Tensor,
+        indices: Tensor,
+        W_dec: Tensor,
+        other_W_dec: Tensor,
+        inverse_norms: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        ctx.save_for_backward(values, other_values, indices, W_dec)
-        both = gather_sum(_interleave(values, other_values), indices.repeat_interleave(2, dim=0), W_dec)
-        first, second = both.view(values.shape[0], 2, -1).unbind(1)
+        ctx.save_for_backward(values, other_values, indices, W_dec, inverse_norms)
+        both = _interleave(_scaled(values, indices, inverse_norms), _scaled(other_values, indices, inverse_norms))
+        first, second = gather_sum(both, indices.repeat_interleave(2, dim=0), W_dec).view(values.shape[0], 2, -1).unbind(1)
         return first, second
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, grad_other: Tensor):  # type: ignore[override]
-        values, other_values, indices, W_dec = ctx.saved_tensors
+        values, other_values, indices, W_dec, inverse_norms = ctx.saved_tensors
         grad_out, grad_other = grad_out.contiguous(), grad_other.contiguous()
-        grad_values = grad_other_values = grad_W_dec = grad_other_W_dec = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dots = gathered_dot(
-                _interleave(grad_out, grad_other), W_dec.t(), indices.repeat_interleave(2, dim=0)
-            ).view(values.shape[0], 2, -1)
-            grad_values, grad_other_values = dots[:, 0].to(values.dtype), dots[:, 1].to(other_values.dtype)
-        if ctx.needs_input_grad[3]:
-            grad_W_dec = scatter_matmul(values, indices, grad_out, W_dec.shape[0]).to(W_dec.dtype)
-        if ctx.needs_input_grad[4]:
-            grad_other_W_dec = scatter_matmul(other_values, indices, grad_other, W_dec.shape[0]).to(W_dec.dtype)
-        return grad_values, grad_other_values, None, grad_W_dec, grad_other_W_dec
+        need = ctx.needs_input_grad
+        dots = other_dots = None
+        if need[0] or need[1] or (inverse_norms is not None and (need[3] or need[4])):
+            both = gathered_dot(_interleave(grad_out, grad_other), W_dec.t(), indices.repeat_interleave(2, dim=0))
+            dots, other_dots = both.view(values.shape[0], 2, -1).unbind(1)
+        grad_values, grad_W_dec = _decode_grads(
+            values, dots, indices, grad_out, W_dec, inverse_norms, need[0], need[3]
+        )
+        grad_other_values, grad_other_W_dec = _decode_grads(
+            other_values, other_dots, indices, grad_other, W_dec, inverse_norms, need[1], need[4]
+        )
+        return grad_values, grad_other_values, None, grad_W_dec, grad_other_W_dec, None
 
 
 def sparse_decode_pair(
@@ -99,12 +147,18 @@ def sparse_decode_pair(
     indices: Int[Tensor, "n k"],
     W_dec: Float[Tensor, "d_sae d_in"],
     other_W_dec: Float[Tensor, "d_sae d_in"],
+    inverse_norms: Float[Tensor, " d_sae"] | None = None,
 ) -> tuple[Float[Tensor, "n d_in"], Float[Tensor, "n d_in"]]:
     """``(sparse_decode(values, indices, W_dec), sparse_decode(other_values, indices, other_W_dec))`` in one
-    pass over the decoder rows when both decoders are one table (``other_W_dec`` may be ``W_dec.detach()``)."""
-    if not _same_table(W_dec, other_W_dec):
+    pass over the decoder rows when both decoders are one table (``other_W_dec`` may be ``W_dec.detach()``).
+    ``inverse_norms`` (see ``sparse_decode``) needs both to be one table."""
+    same = same_table(W_dec, other_W_dec)
+    check_pair_tables(same, inverse_norms)
+    if not same:
         return sparse_decode(values, indices, W_dec), sparse_decode(other_values, indices, other_W_dec)
-    return _SparseDecodePair.apply(values, other_values, indices, W_dec, other_W_dec)  # type: ignore[no-any-return]
+    return _SparseDecodePair.apply(  # type: ignore[no-any-return]
+        values, other_values, indices, W_dec, other_W_dec, _detached(inverse_norms)
+    )
 
 
 class _SparseEncode(torch.autograd.Function):

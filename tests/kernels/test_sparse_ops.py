@@ -7,6 +7,7 @@ import torch
 
 from hybrid_sae_ext.kernels import dense_encode, get_kernels, sparse_encode
 from hybrid_sae_ext.kernels.primitives import gather_sum, gathered_dot, scatter_matmul
+from hybrid_sae_ext.kernels.row_norms import NORM_FLOOR, inverse_row_norms
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -101,6 +102,53 @@ def test_decode_pair_equals_two_decodes(backend: str, second_table: str) -> None
     torch.testing.assert_close(second, expected[1], rtol=1e-12, atol=1e-12)
     for got, want in zip(grads(first, second), grads(*expected)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("second_table", ["detached", "same"])
+@pytest.mark.parametrize("backend", ["sparse", "dense"])
+def test_unit_norm_decodes_match_einsum_through_normalised_rows(backend: str, second_table: str) -> None:
+    """With ``inverse_norms`` the decodes use the rows ``W / ||W||`` and ``W``'s gradient runs through the
+    normalisation. Reference: einsum over rows normalised by torch's own norm, differentiated by autograd.
+    Rows 5 (zero) and 9 (norm below the floor, not zero) are clamped: no normalisation term in their gradient."""
+    gen = torch.Generator().manual_seed(11)
+    n, k, d_sae, d_in = 13, 4, 40, 6
+    make = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)
+    priorities = torch.rand(n, d_sae, generator=gen)
+    priorities[[0, 3], 5] = priorities[[1, 3], 9] = 2.0  # some rows pick the clamped rows
+    idx = priorities.topk(k).indices.sort(dim=-1).values  # distinct per row, as a top-k's
+    aux_idx = torch.rand(n, d_sae, generator=gen).topk(3).indices.sort(dim=-1).values
+    a, b, c = (make(n, width).requires_grad_() for width in (k, k, 3))
+    W = make(d_sae, d_in) * torch.linspace(0.2, 3.0, d_sae, dtype=torch.float64).unsqueeze(1)
+    W[5] = 0.0
+    W[9] *= 1e-11
+    W.requires_grad_()
+    W_other = W.detach() if second_table == "detached" else W
+    r1, r2, r3 = make(n, d_in), make(n, d_in), make(n, d_in)
+
+    def grads(first: torch.Tensor, second: torch.Tensor, third: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        loss = (first * r1).sum() + (second * r2).sum() + (third * r3).sum()
+        return torch.autograd.grad(loss, [a, b, c, W])
+
+    kernels = get_kernels(backend)
+    scales = inverse_row_norms(W.detach())
+    first, second = kernels.decode_pair(a, b, idx, W, W_other, scales)
+    third = kernels.decode(c, aux_idx, W, scales)
+    unit = W / W.norm(dim=-1, keepdim=True).clamp_min(NORM_FLOOR)
+    unit_other = unit.detach() if second_table == "detached" else unit
+    expected = (torch.einsum("nk,nkd->nd", a, unit[idx]), torch.einsum("nk,nkd->nd", b, unit_other[idx]),
+                torch.einsum("nk,nkd->nd", c, unit[aux_idx]))
+    for got, want in zip((first, second, third), expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads(first, second, third), grads(*expected)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["sparse", "dense"])
+def test_unit_norm_pair_on_two_tables_is_refused(backend: str) -> None:
+    W, W_other = torch.randn(8, 3), torch.randn(8, 3)
+    values, idx = torch.randn(2, 2), torch.tensor([[0, 1], [2, 3]])
+    with pytest.raises(ValueError, match="inverse_norms needs other_W_dec to be W_dec"):
+        get_kernels(backend).decode_pair(values, values, idx, W, W_other, inverse_row_norms(W))
 
 
 def test_more_auxk_picks_than_masked_latents_is_refused() -> None:

@@ -43,8 +43,8 @@ class Mutant:
 
 
 MUTANTS: tuple[Mutant, ...] = (
-    Mutant("gate-aux decoder not detached", "gate_codes, sel.indices, W_dec, W_dec.detach()",
-           "gate_codes, sel.indices, W_dec, W_dec"),
+    Mutant("gate-aux decoder not detached", "gate_act, sel.indices, W_dec, W_dec.detach(), scales)",
+           "gate_act, sel.indices, W_dec, W_dec, scales)"),
     Mutant("AuxK sign flipped", "(aux_recon - residual)", "(aux_recon + residual)"),
     Mutant("exp(r_mag) -> 1 + r_mag", "take(self.r_mag, idx).exp()", "(1 + take(self.r_mag, idx))"),
     Mutant("AuxK scale dropped", "self.cfg.aux_k_coefficient * scale *", "self.cfg.aux_k_coefficient *"),
@@ -55,10 +55,8 @@ MUTANTS: tuple[Mutant, ...] = (
     # our own
     Mutant("gate-aux b_dec not detached", "via_gate = gate_decoded + self.b_dec.detach()",
            "via_gate = gate_decoded + self.b_dec"),
-    Mutant("gate-aux decoder norms not detached", "gate_act * take(scales.detach(), sel.indices)",
-           "gate_act * take(scales, sel.indices)"),
-    Mutant("training decode skips the unit norm", "values * take(scales, sel.indices), gate_codes,",
-           "values, gate_codes,"),
+    Mutant("training decodes skip the unit norm", "W_dec, W_dec.detach(), scales)", "W_dec, W_dec.detach(), None)"),
+    Mutant("AuxK decode skips the unit norm", "aux.indices, W_dec, scales)", "aux.indices, W_dec)"),
     Mutant("gate-aux without relu", "gate_act = torch.relu(gate_pre)", "gate_act = gate_pre"),
     Mutant("MSE averaged over d_in too", "mse = (sae_out - target).pow(2).sum(-1).mean()",
            "mse = (sae_out - target).pow(2).mean()"),
