@@ -117,49 +117,81 @@ torch::Tensor sorted_topk_indices(const torch::Tensor& scores, int64_t k, int64_
   return out;
 }
 
-// out[i, j] = rows[i] . table[indices[i, j]] in fp32, visiting the pairs latent by latent: each table row
-// (2 KiB at d 512) is read from memory once and meets every row that picked it, where row-by-row order
-// reads one table row per pair, n * k in all (the PyTorch path's sampled_addmm). rows: [n, d]
-// float32, table: [m, d] float32, both contiguous; indices: [n, k] int64 in [0, m).
-torch::Tensor gathered_dot(const torch::Tensor& rows, const torch::Tensor& table, const torch::Tensor& indices) {
-  TORCH_CHECK(rows.device().is_cpu() && rows.dim() == 2 && rows.is_contiguous() && rows.scalar_type() == torch::kFloat,
-              "rows must be a contiguous 2-D float32 CPU tensor");
-  TORCH_CHECK(table.device().is_cpu() && table.dim() == 2 && table.is_contiguous() && table.scalar_type() == torch::kFloat
-              && table.size(1) == rows.size(1), "table must be a contiguous [m, d] float32 CPU tensor");
-  TORCH_CHECK(indices.dim() == 2 && indices.size(0) == rows.size(0) && indices.is_contiguous()
-              && indices.scalar_type() == torch::kLong, "indices must be a contiguous [n, k] int64 tensor");
-  const int64_t n = indices.size(0), k = indices.size(1), m = table.size(0), d = rows.size(1);
+namespace {
+
+// The (token, latent) picks of an [n, k] index matrix grouped by token block, then by latent: a counting
+// sort of the flat positions p = i * k + j on the key (i / block_rows) * m + indices[p]. Kernels that
+// visit the picks in this order read each weight row once per block and meet only the block's token
+// rows, which stay in the core's L2 cache (the unblocked order reads a token row from L3 for every pick).
+struct PickOrder {
+  int64_t blocks = 0;
+  std::vector<int64_t> start;  // the picks of block b and latent l are order[start[b * m + l] .. start[b * m + l + 1])
+  std::vector<int64_t> order;
+};
+
+PickOrder order_picks(const torch::Tensor& indices, int64_t m, int64_t block_rows) {
+  TORCH_CHECK(indices.dim() == 2 && indices.is_contiguous() && indices.scalar_type() == torch::kLong,
+              "indices must be a contiguous [n, k] int64 tensor");
+  TORCH_CHECK(block_rows >= 1, "block_rows must be at least 1");
+  const int64_t n = indices.size(0), k = indices.size(1), picks = n * k;
   const int64_t* idx = indices.data_ptr<int64_t>();
+  PickOrder result;
+  result.blocks = (n + block_rows - 1) / block_rows;
+  result.start.assign(result.blocks * m + 1, 0);
+  auto key = [&](int64_t p) { return (p / k / block_rows) * m + idx[p]; };
+  for (int64_t p = 0; p < picks; ++p) {
+    TORCH_CHECK(idx[p] >= 0 && idx[p] < m, "an index is outside [0, m)");
+    ++result.start[key(p) + 1];
+  }
+  for (size_t b = 1; b < result.start.size(); ++b) result.start[b] += result.start[b - 1];
+  std::vector<int64_t> fill(result.start.begin(), result.start.end() - 1);
+  result.order.resize(picks);
+  for (int64_t p = 0; p < picks; ++p) result.order[fill[key(p)]++] = p;
+  return result;
+}
+
+void check_float_matrix(const torch::Tensor& t, const char* message) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.is_contiguous() && t.scalar_type() == torch::kFloat, message);
+}
+
+constexpr int64_t kLanes = 16;
+
+inline float dot(const float* a, const float* b, int64_t d) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= d; i += kLanes)
+    for (int64_t lane = 0; lane < kLanes; ++lane) acc[lane] += a[i + lane] * b[i + lane];
+  float total = 0.0f;
+  for (; i < d; ++i) total += a[i] * b[i];
+  for (int64_t lane = 0; lane < kLanes; ++lane) total += acc[lane];
+  return total;
+}
+
+}  // namespace
+
+// out[i, j] = rows[i] . table[indices[i, j]] in fp32, visiting the picks by token block and latent
+// (order_picks). rows: [n, d] float32, table: [m, d] float32, both contiguous; indices: [n, k] int64 in [0, m).
+torch::Tensor gathered_dot(const torch::Tensor& rows, const torch::Tensor& table, const torch::Tensor& indices,
+                           int64_t block_rows) {
+  check_float_matrix(rows, "rows must be a contiguous 2-D float32 CPU tensor");
+  check_float_matrix(table, "table must be a contiguous [m, d] float32 CPU tensor");
+  TORCH_CHECK(table.size(1) == rows.size(1), "table must be a contiguous [m, d] float32 CPU tensor");
+  TORCH_CHECK(indices.dim() == 2 && indices.size(0) == rows.size(0), "indices must be a contiguous [n, k] int64 tensor");
+  const int64_t n = indices.size(0), k = indices.size(1), m = table.size(0), d = rows.size(1);
   auto out = torch::empty({n, k}, rows.options());
   if (n * k == 0) return out;
-  // pairs grouped by latent (a counting sort of the flat positions)
-  std::vector<int64_t> start(m + 1, 0);
-  for (int64_t p = 0; p < n * k; ++p) {
-    TORCH_CHECK(idx[p] >= 0 && idx[p] < m, "an index is outside [0, m)");
-    ++start[idx[p] + 1];
-  }
-  for (int64_t l = 0; l < m; ++l) start[l + 1] += start[l];
-  std::vector<int64_t> fill(start.begin(), start.end() - 1), by_latent(n * k);
-  for (int64_t p = 0; p < n * k; ++p) by_latent[fill[idx[p]]++] = p;
+  const PickOrder picks = order_picks(indices, m, block_rows);
   const float* x = rows.data_ptr<float>();
   const float* w = table.data_ptr<float>();
   float* o = out.data_ptr<float>();
-  constexpr int64_t kLanes = 16;
   at::parallel_for(0, m, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t l = begin; l < end; ++l) {
-      const float* col = w + l * d;
-      for (int64_t q = start[l]; q < start[l + 1]; ++q) {
-        const int64_t p = by_latent[q];
-        const float* row = x + (p / k) * d;
-        float acc[kLanes] = {};
-        int64_t i = 0;
-        for (; i + kLanes <= d; i += kLanes)
-          for (int64_t lane = 0; lane < kLanes; ++lane) acc[lane] += row[i + lane] * col[i + lane];
-        float total = 0.0f;
-        for (; i < d; ++i) total += row[i] * col[i];
-        for (int64_t lane = 0; lane < kLanes; ++lane) total += acc[lane];
-        o[p] = total;
-      }
+    for (int64_t b = 0; b < picks.blocks; ++b) {
+      const int64_t* bucket = picks.start.data() + b * m;
+      for (int64_t l = begin; l < end; ++l)
+        for (int64_t q = bucket[l]; q < bucket[l + 1]; ++q) {
+          const int64_t p = picks.order[q];
+          o[p] = dot(x + (p / k) * d, w + l * d, d);
+        }
     }
   });
   return out;
@@ -167,5 +199,5 @@ torch::Tensor gathered_dot(const torch::Tensor& rows, const torch::Tensor& table
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sorted_topk_indices", &sorted_topk_indices, "Ascending indices of the k largest scores of each row");
-  m.def("gathered_dot", &gathered_dot, "out[i, j] = rows[i] . table[indices[i, j]], latent by latent");
+  m.def("gathered_dot", &gathered_dot, "out[i, j] = rows[i] . table[indices[i, j]], by token block and latent");
 }
