@@ -2,7 +2,8 @@
 
 Why: on CPU the top-k selection was the largest single cost of a hybrid step (about 40% with the
 selection GEMM) and no PyTorch op does it fast; a one-pass C++ kernel does. The gathered dot beside it
-visits (token, latent) pairs latent by latent, so each weight row is read once (see ``csrc/cpu_kernels.cpp``).
+visits (token, latent) pairs by token block and latent, so each weight row is read once per block of
+token rows held in L2 (see ``csrc/cpu_kernels.cpp``).
 It is built with ``torch.utils.cpp_extension.load`` (the system C++ compiler, OpenMP, ``-march=native``)
 into PyTorch's extension cache, under a name that carries a digest of the source, the torch version
 and the CPU's instruction sets, so a cache shared between different machines never loads a binary
