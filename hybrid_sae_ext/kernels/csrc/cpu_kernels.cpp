@@ -16,7 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <functional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -42,10 +42,35 @@ using Float64Keys = FloatKeys<uint64_t, int64_t, 0x8000000000000000ull, 0x7FF000
 
 template <typename K>
 struct RowWorkspace {
-  std::vector<typename K::Key> group_max, selection;
+  std::vector<typename K::Key> group_max;
   std::vector<std::pair<typename K::Key, int32_t>> candidates;
-  RowWorkspace(int64_t width, int64_t groups) : group_max(groups), selection(groups), candidates(width + 1) {}
+  std::vector<uint64_t> chosen;  // a bitmap of the row's chosen columns, all zero between rows
+  RowWorkspace(int64_t width, int64_t groups)
+      : group_max(groups), candidates(width + 1), chosen((width + 63) / 64, 0) {}
 };
+
+// The k-th largest of v[0..n) (1 <= k <= n): the largest t with at least k values >= t, found by
+// bisection over the key range. Each step is one vectorised count over v, so ~16 (bf16/fp16) to 64
+// (fp64) short passes replace std::nth_element on a copy, which took a third of the kernel (1.0 of 2.95 ms
+// for a 1024 x 8192 bf16 block, k 48, 256 group maxima on the 2-core Xeon).
+template <typename Key>
+Key kth_largest(const Key* v, int64_t n, int64_t k) {
+  using Unsigned = std::make_unsigned_t<Key>;
+  Key lo = v[0], hi = v[0];
+  for (int64_t i = 1; i < n; ++i) {
+    lo = v[i] < lo ? v[i] : lo;
+    hi = v[i] > hi ? v[i] : hi;
+  }
+  // invariant: at least k values are >= lo, fewer than k are > hi
+  while (lo < hi) {
+    const Unsigned span = static_cast<Unsigned>(hi) - static_cast<Unsigned>(lo);
+    const Key mid = static_cast<Key>(static_cast<Unsigned>(lo) + (span >> 1) + (span & 1));
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; ++i) count += v[i] >= mid;
+    if (count >= k) lo = mid; else hi = static_cast<Key>(mid - 1);
+  }
+  return lo;
+}
 
 template <typename K>
 void row_topk(const typename K::Raw* row, int64_t width, int64_t k, int64_t groups, int64_t* out,
@@ -67,9 +92,7 @@ void row_topk(const typename K::Raw* row, int64_t width, int64_t k, int64_t grou
         group_max[g] = v > group_max[g] ? v : group_max[g];
       }
     }
-    std::copy(group_max, group_max + groups, ws.selection.begin());
-    std::nth_element(ws.selection.begin(), ws.selection.begin() + (k - 1), ws.selection.end(), std::greater<Key>());
-    const Key tau = ws.selection[k - 1];
+    const Key tau = kth_largest(group_max, groups, k);
     for (int64_t g = 0; g < groups; ++g) {
       if (group_max[g] < tau) continue;
       for (int64_t j = g; j < width; j += groups) {
@@ -80,8 +103,14 @@ void row_topk(const typename K::Raw* row, int64_t width, int64_t k, int64_t grou
   }
   std::nth_element(candidates.begin(), candidates.begin() + (k - 1), candidates.begin() + n_candidates,
                    [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (int64_t i = 0; i < k; ++i) out[i] = candidates[i].second;
-  std::sort(out, out + k);
+  // ascending order through the bitmap: set the k columns, then read (and clear) it word by word
+  uint64_t* chosen = ws.chosen.data();
+  for (int64_t i = 0; i < k; ++i) chosen[candidates[i].second >> 6] |= uint64_t{1} << (candidates[i].second & 63);
+  int64_t written = 0;
+  for (int64_t w = 0; written < k; ++w) {
+    for (uint64_t bits = chosen[w]; bits != 0; bits &= bits - 1) out[written++] = w * 64 + __builtin_ctzll(bits);
+    chosen[w] = 0;
+  }
 }
 
 template <typename K>
