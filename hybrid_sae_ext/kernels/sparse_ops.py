@@ -27,9 +27,14 @@ from hybrid_sae_ext.kernels.selection import select
 from hybrid_sae_ext.kernels.types import TopKSelection, check_pair_tables, check_subtracted_bias, same_table
 
 
-def _scaled(values: Tensor, indices: Tensor, inverse_norms: Tensor | None) -> Tensor:
+def _picked(inverse_norms: Tensor | None, indices: Tensor) -> Tensor | None:
+    """``inverse_norms[indices]``: each pick's row scale (taken once per pass, shared by its products)."""
+    return None if inverse_norms is None else take(inverse_norms, indices)
+
+
+def _scaled(values: Tensor, picked: Tensor | None) -> Tensor:
     """The codes a decode with unit-norm rows multiplies the stored rows by: ``values * inverse_norms[indices]``."""
-    return values if inverse_norms is None else values * take(inverse_norms, indices)
+    return values if picked is None else values * picked
 
 
 def _decode_grads(
@@ -39,19 +44,20 @@ def _decode_grads(
     grad_out: Tensor,
     W_dec: Tensor,
     inverse_norms: Tensor | None,
+    picked: Tensor | None,
     need_values: bool,
     need_W_dec: bool,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Gradients of ``out[i] = sum_j values[i, j] * s[m] * W_dec[m]`` (``m = indices[i, j]``; ``s = inverse_norms``,
-    or 1) given ``dots[i, j] = grad_out[i] . W_dec[m]``. With ``s = 1 / ||W_dec[m]||`` the normalisation's own
-    term, ``W_dec[m] * (-s^3 * sum of values * dots over the picks of m)``, is added in place to the
+    or 1; ``picked = _picked(inverse_norms, indices)``) given ``dots[i, j] = grad_out[i] . W_dec[m]``. With
+    ``s = 1 / ||W_dec[m]||`` the normalisation's own term, ``W_dec[m] * (-s^3 * sum of values * dots over the picks of m)``, is added in place to the
     sparse product's result: no second ``d_sae x d_in`` gradient to allocate and add."""
     grad_values = grad_W_dec = None
     if need_values:
         assert dots is not None
-        grad_values = _scaled(dots, indices, inverse_norms).to(values.dtype)
+        grad_values = _scaled(dots, picked).to(values.dtype)
     if need_W_dec:
-        grad_W_dec = scatter_matmul(_scaled(values, indices, inverse_norms), indices, grad_out, W_dec.shape[0])
+        grad_W_dec = scatter_matmul(_scaled(values, picked), indices, grad_out, W_dec.shape[0])
         if inverse_norms is not None:
             assert dots is not None
             grad_scales = latent_sums(values * dots, indices, W_dec.shape[0])
@@ -65,7 +71,7 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values: Tensor, indices: Tensor, W_dec: Tensor, inverse_norms: Tensor | None) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(values, indices, W_dec, inverse_norms)
-        return gather_sum(_scaled(values, indices, inverse_norms), indices, W_dec)
+        return gather_sum(_scaled(values, _picked(inverse_norms, indices)), indices, W_dec)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
@@ -76,7 +82,8 @@ class _SparseDecode(torch.autograd.Function):
         if need_values or (need_W_dec and inverse_norms is not None):
             dots = gathered_dot(grad_out, W_dec.t(), indices)
         grad_values, grad_W_dec = _decode_grads(
-            values, dots, indices, grad_out, W_dec, inverse_norms, need_values, need_W_dec
+            values, dots, indices, grad_out, W_dec, inverse_norms, _picked(inverse_norms, indices),
+            need_values, need_W_dec,
         )
         return grad_values, None, grad_W_dec, None
 
@@ -119,7 +126,8 @@ class _SparseDecodePair(torch.autograd.Function):
         inverse_norms: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         ctx.save_for_backward(values, other_values, indices, W_dec, inverse_norms)
-        both = _interleave(_scaled(values, indices, inverse_norms), _scaled(other_values, indices, inverse_norms))
+        picked = _picked(inverse_norms, indices)
+        both = _interleave(_scaled(values, picked), _scaled(other_values, picked))
         first, second = gather_sum(both, indices.repeat_interleave(2, dim=0), W_dec).view(values.shape[0], 2, -1).unbind(1)
         return first, second
 
@@ -132,11 +140,12 @@ class _SparseDecodePair(torch.autograd.Function):
         if need[0] or need[1] or (inverse_norms is not None and (need[3] or need[4])):
             both = gathered_dot(_interleave(grad_out, grad_other), W_dec.t(), indices.repeat_interleave(2, dim=0))
             dots, other_dots = both.view(values.shape[0], 2, -1).unbind(1)
+        picked = _picked(inverse_norms, indices)
         grad_values, grad_W_dec = _decode_grads(
-            values, dots, indices, grad_out, W_dec, inverse_norms, need[0], need[3]
+            values, dots, indices, grad_out, W_dec, inverse_norms, picked, need[0], need[3]
         )
         grad_other_values, grad_other_W_dec = _decode_grads(
-            other_values, other_dots, indices, grad_other, W_dec, inverse_norms, need[1], need[4]
+            other_values, other_dots, indices, grad_other, W_dec, inverse_norms, picked, need[1], need[4]
         )
         return grad_values, grad_other_values, None, grad_W_dec, grad_other_W_dec, None
 

@@ -29,7 +29,7 @@ def same_table(first: Tensor, second: Tensor) -> bool:
     )
 
 
-def check_pair_tables(same_table: bool, inverse_norms: Tensor | None) -> None:
+def check_pair_tables(one_table: bool, inverse_norms: Tensor | None) -> None:
     """The decode pairs' contract for ``inverse_norms``: the norms of one table, so both decodes share it."""
-    if inverse_norms is not None and not same_table:
+    if inverse_norms is not None and not one_table:
         raise ValueError("decode_pair with inverse_norms needs other_W_dec to be W_dec (or W_dec.detach())")
