@@ -186,6 +186,25 @@ class _HybridMixin:
     def _dense_decode(self, feature_acts: Tensor) -> Tensor:
         return self._finish_decode(feature_acts @ self.decoder_rows() + self.b_dec)
 
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """Fold the scale ``s`` the SAE was trained under (inputs ``s * x``) so it takes raw ``x``.
+
+        Why not SAELens' base fold (``W_enc *= s; W_dec /= s; b_dec /= s``): the training hybrid decodes
+        with unit-norm rows, so ``W_dec /= s`` does nothing there. Dividing ``b_dec``, ``b_gate``, ``b_mag``
+        (and the adaptive threshold) by ``s`` instead divides every ``pre``, ``pi_gate`` and code by ``s``:
+        the same top-k and open gates, output ``x_hat(s * x) / s``, decoder rows still unit-norm, and the
+        codes in raw-activation units, as if trained on unscaled activations.
+        """
+        if not (isinstance(scaling_factor, (int, float)) and 0 < scaling_factor < float("inf")):
+            raise ValueError(f"scaling_factor must be a finite number > 0, got {scaling_factor!r}")
+        for param in (self.b_dec, self.b_gate, self.b_mag):
+            param.data.div_(scaling_factor)
+        threshold = getattr(self, "gate_threshold", None)
+        if isinstance(threshold, Tensor):
+            threshold.div_(scaling_factor)
+        self.cfg.normalize_activations = "none"
+
 
 class HybridSAE(_HybridMixin, SAE[HybridSAEConfig]):
     """Inference hybrid SAE. ``HybridSAE(d_model=768, n_features=32768, k_sparse=128)`` or ``HybridSAE(cfg)``."""

@@ -221,6 +221,38 @@ def test_fold_W_dec_norm_folds_a_uniform_norm_and_refuses_per_latent_norms() -> 
         sae.fold_W_dec_norm()
 
 
+@pytest.mark.parametrize("target_l0", [None, 3.0])
+def test_training_sae_folds_the_activation_scale_it_was_trained_under(tmp_path, target_l0) -> None:
+    """SAELens' invariant: after ``fold_activation_norm_scaling_factor(s)``, ``s * sae(x / s)`` is the
+    unfolded ``sae(x)``; SAELens' ``SAETrainer.fit`` folds into the *training* SAE before saving, whose
+    decoder rows are unit-norm, so the base fold's ``W_dec /= s`` would be lost. The saved inference
+    SAE must keep it, with unit-norm rows, and an invalid factor is refused by name."""
+    torch.manual_seed(5)
+    sae = HybridTrainingSAE(HybridTrainingSAEConfig(d_in=8, d_sae=48, k=6, dtype="float64", target_l0=target_l0,
+                                                    normalize_activations="expected_average_only_in"))
+    with torch.no_grad():
+        for param in (sae.b_gate, sae.b_mag, sae.r_mag, sae.b_dec):
+            param.normal_(0.0, 0.3)
+        sae.W_dec.mul_(3.0)  # stored rows need not be unit-norm: the forward normalises them
+        if target_l0 is not None:
+            sae.gate_threshold.fill_(0.2)
+    x = torch.randn(64, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = sae(x)
+    sae.fold_activation_norm_scaling_factor(2.0)
+    assert sae.cfg.normalize_activations == "none"
+    with torch.no_grad():
+        torch.testing.assert_close(2 * sae(x / 2), expected, rtol=1e-12, atol=1e-12)
+    sae.save_inference_model(str(tmp_path))
+    loaded = SAE.load_from_disk(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(2 * loaded(x / 2), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loaded.W_dec.norm(dim=-1), torch.ones(48, dtype=torch.float64))
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="scaling_factor must be a finite number > 0"):
+            sae.fold_activation_norm_scaling_factor(bad)
+
+
 def test_a_gate_shut_by_b_gate_minus_100_reopens_during_training() -> None:
     """A working latent is shut by ``b_gate = -100`` mid-training. Nothing but the dead-latent gate
     term reaches a shut gate: without it ``b_gate`` stays at -100 and the latent never fires again.
