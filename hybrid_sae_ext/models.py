@@ -117,19 +117,86 @@ def load_model(
     return model
 
 
+# The HookedTransformerConfig fields a model folder may set: the model's shape and forward computation
+# (plus its display name and BOS default). Nothing here names a file, a hub repo or code to run.
+ARCHITECTURE_FIELDS = frozenset({
+    "d_model", "d_head", "n_layers", "n_ctx", "n_heads", "d_mlp", "d_vocab", "d_vocab_out", "n_key_value_heads",
+    "act_fn", "normalization_type", "positional_embedding_type", "attn_only", "gated_mlp", "uses_rms_norm", "eps",
+    "layer_norm_folding", "final_rms", "post_embedding_ln", "use_normalization_before_and_after",
+    "parallel_attn_mlp", "tie_word_embeddings", "num_experts", "experts_per_token", "norm_topk_prob",
+    "attention_dir", "use_attn_scale", "attn_scale", "scale_attn_by_inverse_layer_idx", "use_qk_norm", "clip_qkv",
+    "use_logn_attn", "train_seq_length", "use_local_attn", "window_size", "attn_types",
+    "ungroup_grouped_query_attention", "attn_scores_soft_cap", "output_logits_soft_cap", "use_attention_sinks",
+    "relative_attention_max_distance", "relative_attention_num_buckets",
+    "rotary_dim", "rotary_base", "rotary_base_local", "rotary_scaling_factor", "rotary_adjacent_pairs",
+    "use_dynamic_ntk_rope", "use_NTK_by_parts_rope", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor",
+    "NTK_by_parts_factor", "NTK_original_ctx_len", "use_yarn_rope", "yarn_factor", "yarn_attention_factor",
+    "yarn_beta_fast", "yarn_beta_slow", "yarn_original_max_position_embeddings", "yarn_truncate",
+    "yarn_global_attn_only", "original_architecture",
+    "use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in", "use_hook_tokens",
+    "default_prepend_bos", "model_name",
+})  # fmt: skip
+# Written by earlier versions of ``_config_to_json``: provenance and initialisation only (the weights are loaded
+# over the init, tokenizer_prepends_bos is recomputed from the tokenizer). Dropped on load.
+LEGACY_INERT_FIELDS = frozenset({
+    "seed", "init_mode", "init_weights", "initializer_range", "n_params", "from_checkpoint", "checkpoint_index",
+    "checkpoint_label_type", "checkpoint_value", "tokenizer_prepends_bos", "decoder_start_token_id",
+})  # fmt: skip
+# Also written by earlier versions; accepted only with these inert values. A tokenizer comes from the folder's
+# own tokenizer/ subfolder, never from a name in its config, and remote code is never trusted.
+LEGACY_FIXED_FIELDS: dict[str, Any] = {
+    "tokenizer_name": None, "trust_remote_code": False, "load_in_4bit": False, "quantization_method": None,
+}  # fmt: skip
+
+
 def _config_to_json(cfg: HookedTransformerConfig) -> dict[str, Any]:
-    """The init fields of ``cfg`` that JSON can hold (device and dtype are chosen at load time)."""
+    """The architecture fields of ``cfg`` (``ARCHITECTURE_FIELDS``); device and dtype are chosen at load time."""
     kept: dict[str, Any] = {}
     for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        if not field.init or field.name in {"device", "dtype", "n_devices"}:
+        if field.name not in ARCHITECTURE_FIELDS:
             continue
+        value = getattr(cfg, field.name)
         try:
             json.dumps(value)
         except TypeError:
             continue
         kept[field.name] = value
     return kept
+
+
+def _config_from_json(entry: Any, config_file: Path, device: str) -> HookedTransformerConfig:
+    """A HookedTransformerConfig from a folder's architecture fields only; any other key is a ValueError."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{config_file}: 'hooked_transformer_config' is not an object")
+    def inert(key: str, value: Any) -> bool:
+        return key in LEGACY_FIXED_FIELDS and value is LEGACY_FIXED_FIELDS[key]  # None / False exactly, not 0 or ""
+
+    refused = sorted(
+        key for key, value in entry.items()
+        if key not in ARCHITECTURE_FIELDS and key not in LEGACY_INERT_FIELDS and not inert(key, value)
+    )  # fmt: skip
+    if refused:
+        raise ValueError(
+            f"{config_file}: hooked_transformer_config key(s) not allowed: {', '.join(refused)} (a model folder "
+            "sets architecture fields only; its tokenizer comes from its tokenizer/ subfolder and remote code is "
+            f"never trusted); allowed: {', '.join(sorted(ARCHITECTURE_FIELDS))}"
+        )
+    fields = {key: value for key, value in entry.items() if key in ARCHITECTURE_FIELDS}
+    try:
+        return HookedTransformerConfig(**fields, device=device, trust_remote_code=False, tokenizer_name=None)
+    except (TypeError, ValueError, AssertionError) as err:
+        problem = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise ValueError(f"{config_file}: hooked_transformer_config is not a valid model config ({problem})") from err
+
+
+def _load_folder_tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in ``tokenizer_dir``, built-in classes only; a folder naming custom code is refused."""
+    for name in ("tokenizer_config.json", "config.json"):
+        file = tokenizer_dir / name
+        config = read_json_file(file, "tokenizer config") if file.is_file() else {}
+        if isinstance(config, dict) and "auto_map" in config:
+            raise ValueError(f"{file}: 'auto_map' names custom tokenizer code, which is never run; not loaded")
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
 
 
 def save_model_folder(model: HookedTransformer, folder: Path | str, extra: dict[str, Any] | None = None) -> Path:
@@ -154,7 +221,7 @@ def wrap_tokenizer(tokenizer: Tokenizer, folder: Path | str) -> PreTrainedTokeni
         tokenizer_object=tokenizer, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT
     )
     wrapped.save_pretrained(str(folder))
-    return AutoTokenizer.from_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
 
 
 def load_model_folder(
@@ -163,14 +230,19 @@ def load_model_folder(
     dtype: torch.dtype | str = torch.float32,
     model_class: type[ModelT] = HookedTransformer,  # type: ignore[assignment]
 ) -> ModelT:
-    """Rebuild a model saved by ``save_model_folder``; weights are read with safetensors only."""
+    """Rebuild a model saved by ``save_model_folder``; weights are read with safetensors only.
+
+    The config may set architecture fields only (``ARCHITECTURE_FIELDS``): no tokenizer name, no
+    ``trust_remote_code``. The tokenizer, if any, is the folder's ``tokenizer/`` subfolder, and one whose
+    config has an ``auto_map`` (custom code) is refused.
+    """
     folder = Path(folder)
     config = read_json_file(folder / CONFIG_FILE, "model config")
     if not isinstance(config, dict) or "hooked_transformer_config" not in config:
         raise ValueError(f"{folder / CONFIG_FILE} has no 'hooked_transformer_config' entry; not a saved model folder")
-    cfg = HookedTransformerConfig(**config["hooked_transformer_config"], device=str(device))
+    cfg = _config_from_json(config["hooked_transformer_config"], folder / CONFIG_FILE, str(device))
     tokenizer_dir = folder / TOKENIZER_DIR
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir)) if tokenizer_dir.exists() else None
+    tokenizer = _load_folder_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
     model = model_class(cfg, tokenizer=tokenizer, default_padding_side="right")
     state = read_safetensors(folder / WEIGHTS_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
