@@ -5,7 +5,7 @@ works in SAELens configs and ``SAE.load_from_disk`` finds ``HybridSAE``.
 """
 
 from hybrid_sae_ext.architectures import (
-    COMPARISON_ARCHITECTURES,
+    ARCHITECTURE_ALIASES,
     HybridSAE,
     HybridSAEConfig,
     HybridTrainingSAE,
@@ -20,7 +20,7 @@ register_architectures()
 __version__ = "0.1.0"
 
 __all__ = [
-    "COMPARISON_ARCHITECTURES",
+    "ARCHITECTURE_ALIASES",
     "HybridSAE",
     "HybridSAEConfig",
     "HybridTrainingSAE",

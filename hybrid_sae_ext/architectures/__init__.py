@@ -9,14 +9,14 @@ from hybrid_sae_ext.architectures.hybrid import (
 )
 from hybrid_sae_ext.architectures.hybrid_config import HybridSAEConfig, HybridTrainingSAEConfig
 from hybrid_sae_ext.architectures.registry import (
-    COMPARISON_ARCHITECTURES,
+    ARCHITECTURE_ALIASES,
     register_architectures,
     resolve_architecture,
     training_classes,
 )
 
 __all__ = [
-    "COMPARISON_ARCHITECTURES",
+    "ARCHITECTURE_ALIASES",
     "HybridLosses",
     "HybridSAE",
     "HybridSAEConfig",

@@ -12,6 +12,16 @@ and uses: MSE, the gated auxiliary reconstruction through ``relu(pi_gate)`` with
 decoder (so the gate threshold learns), an optional L1 on the gate, and AuxK for dead latents
 (Gao et al. 2024). The decoder is used with unit-norm rows during training and saved that way.
 
+Gate rules (``gate_rule``): ``token`` opens the per-token top-k where ``pi_gate > 0`` (with ``target_l0``:
+``> tau``, an EMA of the threshold that leaves ``target_l0`` open on the batch); ``batch`` is BatchTopK's
+allocation on ``pi_gate``: in training exactly the batch's top ``n x target_l0`` of the per-token top-k
+candidates open (``tau`` = that batch's threshold), and ``tau``'s EMA is folded into ``b_gate`` for
+inference, so ``encode`` still reads each token alone; ``jump`` learns per-latent thresholds (``-b_gate``):
+a gate opens where ``pi_gate > 0`` through a straight-through step (JumpReLU's rectangle estimator of width
+``gate_bandwidth``, gradient to ``b_gate`` only), trained by the MSE and the quadratic L0 penalty
+``l0_coefficient * 2 / t * (L0 - t)^2`` on the batch's mean L0 (Gemma Scope 2's, on the mean so that
+L0 still varies per token), with no EMA.
+
 Dead latents: AuxK takes, per token, the top-``k_aux`` dead latents by ``pre`` (not ``pi_gate``,
 so a latent shut by a very negative ``b_gate`` is still found) and trains their encoder and decoder
 on the detached residual ``r = x - x_hat``. The gated auxiliary loss also reaches their gates: it
@@ -59,9 +69,26 @@ class HybridLosses(NamedTuple):
     gate_aux: Tensor
     l1: Tensor
     aux_k: Tensor
+    l0: Tensor
+    """The ``jump`` gate's quadratic L0 penalty (zero for the other gate rules)."""
 
     def total(self) -> Tensor:
-        return self.mse + self.gate_aux + self.l1 + self.aux_k
+        return self.mse + self.gate_aux + self.l1 + self.aux_k + self.l0
+
+
+class _StraightThroughStep(torch.autograd.Function):
+    """``1[z > 0]`` forward; backward ``1[|z| < bandwidth / 2] / bandwidth`` (JumpReLU's rectangle kernel)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z)
+        ctx.bandwidth = bandwidth
+        return (z > 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (z,) = ctx.saved_tensors
+        return grad * ((z.abs() < ctx.bandwidth / 2).to(grad.dtype) / ctx.bandwidth), None
 
 
 class HybridTrainOutput(NamedTuple):
@@ -119,11 +146,17 @@ class _HybridMixin:
         """The adaptive gate's threshold (``target_l0``); 0 for fixed k and at inference, which folds it into b_gate."""
         return getattr(self, "gate_threshold", 0.0)
 
+    def _gate_and_magnitude(self, selection: TopKSelection) -> tuple[Tensor, Tensor]:
+        """``pi_gate`` and the magnitude path's values of the selected latents (before any gate opens)."""
+        idx = selection.indices
+        gate_pre = selection.values + take(self.b_gate, idx)
+        magnitude = torch.relu(take(self.r_mag, idx).exp() * selection.values + take(self.b_mag, idx))
+        return gate_pre, magnitude
+
     def _codes(self, selection: TopKSelection, gate_threshold: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
         """Gate pre-activations (minus the adaptive threshold, if any) and gated magnitudes of the selected latents."""
-        idx = selection.indices
-        gate_pre = selection.values + take(self.b_gate, idx) - gate_threshold
-        magnitude = torch.relu(take(self.r_mag, idx).exp() * selection.values + take(self.b_mag, idx))
+        gate_pre, magnitude = self._gate_and_magnitude(selection)
+        gate_pre = gate_pre - gate_threshold
         return gate_pre, magnitude * (gate_pre > 0)
 
     def _flat(self, sae_in: Tensor) -> Tensor:
@@ -277,24 +310,31 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
     def initialize_weights(self) -> None:
         super().initialize_weights()
         self._init_hybrid_params()
-        if self.cfg.target_l0 is not None:
+        if self.cfg.target_l0 is not None and self.cfg.gate_rule != "jump":
             # Only adaptive SAEs carry it, so fixed-k checkpoints keep their state-dict keys.
             self.register_buffer("gate_threshold", torch.zeros((), dtype=self.dtype, device=self.device))
 
     @torch.no_grad()
-    def _track_target_l0(self, gate_pre_raw: Float[Tensor, "n k"]) -> None:
-        """Move the threshold toward the one that gives ``target_l0`` latents per token on this batch.
+    def _forward_threshold(self, gate_pre_raw: Float[Tensor, "n k"]) -> Tensor | float:
+        """The gate threshold this training forward uses, after moving the EMA toward this batch's threshold
+        (the one that leaves exactly ``target_l0`` latents per token open on it).
 
-        Why an EMA of the batch quantile: the threshold is a property of the pre-activation
-        distribution, so estimating it directly converges in ~1/rate steps without the oscillation
-        of a controller on a loss coefficient; the forward always uses the EMA (never the batch
-        quantile), so training and inference gate each token alone, with L0 free in 0..k.
+        Why an EMA of the batch quantile: the threshold is a property of the pre-activation distribution,
+        so estimating it directly converges in ~1/rate steps without the oscillation of a controller on a
+        loss coefficient. The ``token`` rule's forward uses the EMA (never the batch quantile), so training
+        gates each token alone; the ``batch`` rule's forward uses the batch's own threshold, as BatchTopK
+        does, and the EMA only serves inference.
         """
+        ema = self._gate_threshold()
+        if not isinstance(ema, Tensor) or not self.training or gate_pre_raw.shape[0] == 0:
+            return ema
         candidates = gate_pre_raw.flatten()
         closed = candidates.numel() - round(gate_pre_raw.shape[0] * self.cfg.target_l0)
         # Latents fire on ``> threshold``: the closed-th smallest candidate leaves exactly the target open.
         batch_threshold = candidates.kthvalue(closed).values if closed >= 1 else candidates.min() - 1.0
-        self.gate_threshold.lerp_(batch_threshold.to(self.gate_threshold.dtype), TARGET_L0_THRESHOLD_RATE)
+        forward = batch_threshold.to(ema.dtype) if self.cfg.gate_rule == "batch" else ema.clone()
+        ema.lerp_(batch_threshold.to(ema.dtype), TARGET_L0_THRESHOLD_RATE)
+        return forward
 
     def decoder_scales(self) -> Float[Tensor, " d_sae"]:
         """``1 / ||W_dec[i]||``: the unit-norm constraint as a reparametrisation, so any trainer keeps it.
@@ -342,12 +382,19 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
             sae_in.detach() if bias_only else sae_in, self.W_enc, self.b_gate, self.cfg.k, dead_mask, k_aux,
             self.cfg.selection_dtype, self.b_dec if bias_only else None,
         )
-        threshold = self._gate_threshold()
-        gate_pre, values = self._codes(sel, threshold)
         # The gate's own terms see the un-thresholded gate, so the adaptive threshold cannot drag b_gate along.
-        gate_pre = gate_pre + threshold
-        if self.cfg.target_l0 is not None and self.training and sel.values.shape[0] > 0:
-            self._track_target_l0(gate_pre.detach())
+        gate_pre, magnitude = self._gate_and_magnitude(sel)
+        l0_penalty = gate_pre.new_zeros(())
+        if self.cfg.gate_rule == "jump":
+            # The step's gradient reaches the thresholds (b_gate) only, as in DeepMind's JumpReLU.
+            opened = _StraightThroughStep.apply(
+                sel.values.detach() + take(self.b_gate, sel.indices), self.cfg.gate_bandwidth
+            )
+            t = self.cfg.target_l0
+            l0_penalty = self.cfg.l0_coefficient * 2 / t * (opened.sum(-1).mean() - t) ** 2
+            values = magnitude * opened
+        else:
+            values = magnitude * (gate_pre - self._forward_threshold(gate_pre.detach()) > 0)
         # The decodes use unit-norm rows and differentiate through the normalisation themselves, given
         # the inverse norms (see ``decoder_scales``); the gradient's norm term lands in W_dec's in place.
         W_dec = self.W_dec
@@ -373,7 +420,7 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
             along_row = gathered_dot(residual, W_dec.detach().t(), aux.indices) * take(scales, aux.indices)
             gate_aux = gate_aux + self.cfg.gate_aux_coefficient * (dead_gate - along_row).pow(2).sum(-1).mean()
 
-        losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k)
+        losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k, l0=l0_penalty)
         return HybridTrainOutput(losses, sae_out, SparseCodes(values, sel.indices))
 
     @override
@@ -402,6 +449,7 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
                 "gate_aux_loss": out.losses.gate_aux,
                 "l1_loss": out.losses.l1,
                 "auxiliary_reconstruction_loss": out.losses.aux_k,
+                "l0_loss": out.losses.l0,
             },
         )
 
@@ -421,6 +469,7 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
             "gate_aux_loss": out.losses.gate_aux,
             "l1_loss": out.losses.l1,
             "auxiliary_reconstruction_loss": out.losses.aux_k,
+            "l0_loss": out.losses.l0,
         }
 
     @override

@@ -18,6 +18,7 @@ from hybrid_sae_ext.kernels.selection import SELECTION_DTYPES
 # Normalizations applied inside the SAE's forward would put the AuxK residual and the MSE target
 # in different spaces; "expected_average_only_in" is applied by the data pipeline, so it is safe.
 _TRAINING_NORMALIZATIONS = ("none", "expected_average_only_in")
+GATE_RULES = ("token", "batch", "jump")
 
 
 def _validate_k(d_in: int, d_sae: int, k: int) -> None:
@@ -83,6 +84,14 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
     exactly; values and gradients stay exact), "auto" (bf16 where a one-time timing shows it faster)."""
     target_l0: float | None = None
     """Mean latents per token to settle at (0 < target_l0 <= k); k stays the per-token cap. None: fixed k."""
+    gate_rule: str = "token"
+    """How the gate opens (see ``hybrid.py``): "token" (per-token top-k, EMA threshold with target_l0),
+    "batch" (BatchTopK's batch-level allocation, needs target_l0), "jump" (learned per-latent thresholds
+    through a straight-through step and a quadratic L0 penalty, needs target_l0)."""
+    l0_coefficient: float = 1.0
+    """Weight of the "jump" gate's quadratic L0 penalty around target_l0."""
+    gate_bandwidth: float = 0.05
+    """Width of the "jump" gate's straight-through estimator (JumpReLU's bandwidth)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,7 +104,13 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
         _validate_selection_dtype(self.selection_dtype)
         if self.k_aux is not None and not 1 <= self.k_aux <= self.d_sae:
             raise ValueError(f"k_aux must be None or in [1, d_sae={self.d_sae}], got {self.k_aux}")
-        for name in ("l1_coefficient", "gate_aux_coefficient", "aux_k_coefficient"):
+        if self.gate_rule not in GATE_RULES:
+            raise ValueError(f"gate_rule={self.gate_rule!r} is not one of {GATE_RULES}")
+        if self.gate_rule != "token" and self.target_l0 is None:
+            raise ValueError(f"gate_rule={self.gate_rule!r} allocates latents towards target_l0: set target_l0")
+        if not self.gate_bandwidth > 0:
+            raise ValueError(f"gate_bandwidth must be > 0, got {self.gate_bandwidth}")
+        for name in ("l1_coefficient", "gate_aux_coefficient", "aux_k_coefficient", "l0_coefficient"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.normalize_activations not in _TRAINING_NORMALIZATIONS:

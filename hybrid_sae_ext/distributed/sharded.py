@@ -58,6 +58,12 @@ class ShardedHybridSAE(nn.Module):
 
     def __init__(self, full: HybridTrainingSAE, group: dist.ProcessGroup | None = None):
         super().__init__()
+        if full.cfg.target_l0 is not None or full.cfg.gate_rule != "token":
+            # Its forward has no gate threshold: such an SAE would silently train as fixed k.
+            raise NotImplementedError(
+                f"sharded training supports the fixed-k hybrid only (gate_rule='token', target_l0=None); got "
+                f"gate_rule={full.cfg.gate_rule!r}, target_l0={full.cfg.target_l0}: train it unsharded"
+            )
         self.cfg = full.cfg
         self.group = group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
@@ -138,7 +144,7 @@ class ShardedHybridSAE(nn.Module):
 
         with torch.no_grad():
             code_values = self._reduce(values.detach())
-        losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k)
+        losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k, l0=mse.new_zeros(()))
         return ShardedForward(losses, sae_out, SparseCodes(code_values, ids))
 
     def all_reduce_replicated_grads(self) -> None:

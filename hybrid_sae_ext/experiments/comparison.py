@@ -2,7 +2,7 @@
 
 Activations are captured once into a cache. For each seed, every SAE trains in one ``MultiTrainer``
 pass over that seed's data order, with the same token budget, learning-rate schedule and batch;
-only the architecture knobs differ (``COMPARISON_VARIANTS``). Sparsity is matched without
+only the architecture knobs differ (``VARIANTS``). Sparsity is matched without
 hand-picking: k-architectures use k = target, ``target_l0`` architectures aim at the target themselves
 (the adaptive hybrid with k = 2 x target as the cap; JumpReLU with Gemma Scope 2's quadratic penalty), and
 coefficient architectures get their coefficient searched (``matching``). The
@@ -25,17 +25,12 @@ import torch
 from sae_lens import SAE
 
 from hybrid_sae_ext.activations import CaptureConfig, capture_activations, open_cache
-from hybrid_sae_ext.architectures.registry import (
-    COMPARISON_VARIANTS,
-    build_variant_sae,
-    run_config,
-    settings_at,
-)
 from hybrid_sae_ext.evals import evaluate_sae, load_eval_tokens
 from hybrid_sae_ext.experiments.matching import Probe, chosen_coefficient, next_coefficient, search_done
 from hybrid_sae_ext.experiments.report import comparison_markdown, plot_comparison
 from hybrid_sae_ext.experiments.sweep import evaluate as heldout_metrics
 from hybrid_sae_ext.experiments.table import comparison_table
+from hybrid_sae_ext.experiments.variants import VARIANTS, build_variant_sae, run_config, settings_at
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
 from hybrid_sae_ext.measure import device_name, peak_memory, versions
 from hybrid_sae_ext.models import TINY_LM_NAME, load_model
@@ -55,7 +50,9 @@ class ComparisonConfig:
     model: str = TINY_LM_NAME
     """TransformerLens model name (e.g. gpt2), a saved model folder, or the embedded default."""
     layer: int = 1
-    """Block whose residual stream input (``blocks.<layer>.hook_resid_pre``) the SAEs learn."""
+    """Block whose activations the SAEs learn (``blocks.<layer>.<hook_site>``)."""
+    hook_site: str = "hook_resid_pre"
+    """Hook point inside the block: ``hook_resid_pre``, ``hook_mlp_out``, ``hook_attn_out``, ``hook_resid_post``."""
     n_features: int = 4096
     batch_size: int = 8
     """Sequences per optimizer step (each gives context_size - 1 activations; BOS is skipped)."""
@@ -64,7 +61,7 @@ class ComparisonConfig:
     """Passes over the captured activations (default 2; 4 with ``--debug``)."""
     tokens: int = 1_000_000
     """Activations captured for training."""
-    architectures: list[str] = field(default_factory=lambda: list(COMPARISON_VARIANTS))
+    architectures: list[str] = field(default_factory=lambda: list(VARIANTS))
     target_l0: int = 32
     """The mean L0 every architecture is matched to."""
     frontier_factors: list[float] = field(default_factory=lambda: [0.5, 2.0])
@@ -78,7 +75,8 @@ class ComparisonConfig:
     coefficient-searched ones) at each of these learning rates on the first seed, and tabulate the held-out
     FVU (``lr_sweep.md``, ``lr_sweep.json``)."""
     lr_from: str = ""
-    """An ``lr_sweep.json`` of the same data and budget: each architecture it swept trains at its best rate there."""
+    """``lr_sweep.json`` files of the same data and budget, comma-separated: each architecture they swept trains
+    at its best rate there (a later file's rate wins)."""
     architecture_lr: dict[str, float] = field(default_factory=dict, init=False)
     """The per-architecture rates read from ``lr_from`` (the others train at ``lr``)."""
     search_probes: int = 6
@@ -126,29 +124,30 @@ class ComparisonConfig:
         if self.lr_from and self.lr_sweep:
             raise ValueError(f"lr_sweep={self.lr_sweep} sweeps the rates that lr_from={self.lr_from!r} would fix; give one")
         if self.lr_from:
-            self.architecture_lr = swept_learning_rates(self, Path(self.lr_from))
+            for path in self.lr_from.split(","):
+                self.architecture_lr.update(swept_learning_rates(self, Path(path)))
         if self.lr <= 0 or any(lr <= 0 for lr in self.lr_sweep):
             raise ValueError(f"lr and every lr_sweep value must be > 0, got lr={self.lr}, lr_sweep={self.lr_sweep}")
         if not 0 < self.probe_fraction <= 1 or not 0 < self.tolerance < 1:
             raise ValueError(f"probe_fraction must be in (0, 1] and tolerance in (0, 1), got "
                              f"{self.probe_fraction}, {self.tolerance}")
-        unknown = [a for a in self.architectures if a not in COMPARISON_VARIANTS]
+        unknown = [a for a in self.architectures if a not in VARIANTS]
         if unknown or not self.architectures:
-            raise ValueError(f"Unknown comparison architecture(s) {unknown}; allowed: {', '.join(COMPARISON_VARIANTS)}")
+            raise ValueError(f"Unknown comparison architecture(s) {unknown}; allowed: {', '.join(VARIANTS)}")
 
     def lr_of(self, architecture: str) -> float:
         return self.architecture_lr.get(architecture, self.lr)
 
     @property
     def hook_name(self) -> str:
-        return f"blocks.{self.layer}.hook_resid_pre"
+        return f"blocks.{self.layer}.{self.hook_site}"
 
     @property
     def batch_tokens(self) -> int:
         return self.batch_size * (self.context_size - 1)
 
 
-SWEEP_MUST_MATCH = ("model", "layer", "n_features", "batch_size", "context_size", "epochs", "tokens", "target_l0")
+SWEEP_MUST_MATCH = ("model", "layer", "hook_site", "n_features", "batch_size", "context_size", "epochs", "tokens", "target_l0")
 """The fields an ``lr_from`` sweep must share with the comparison for its best rates to apply."""
 
 
@@ -157,8 +156,9 @@ def swept_learning_rates(cfg: ComparisonConfig, path: Path) -> dict[str, float]:
     if not path.is_file():
         raise ValueError(f"lr_from={str(path)!r} is not a file; give the lr_sweep.json of a --lr_sweep run")
     sweep = json.loads(path.read_text())
-    differ = {k: (sweep["config"].get(k), getattr(cfg, k)) for k in SWEEP_MUST_MATCH
-              if sweep["config"].get(k) != getattr(cfg, k)}
+    # A field newer than the sweep file has its default there.
+    swept = {f.name: sweep["config"].get(f.name, f.default) for f in dataclasses.fields(cfg) if f.name in SWEEP_MUST_MATCH}
+    differ = {k: (swept[k], getattr(cfg, k)) for k in SWEEP_MUST_MATCH if swept[k] != getattr(cfg, k)}
     if differ:
         raise ValueError(f"lr_from={str(path)!r} swept other data or budget (sweep, comparison): {differ}")
     return {arch: float(lr) for arch, lr in sweep["best_lr"].items()}
@@ -182,7 +182,7 @@ class RunSpec:
 
 def build_run(cfg: ComparisonConfig, spec: RunSpec, d_in: int, steps: int, upstream: Any = None) -> Trainer:
     """The trainer of one run: the variant's SAELens config (its overrides + settings), shared schedule."""
-    variant = COMPARISON_VARIANTS[spec.architecture]
+    variant = VARIANTS[spec.architecture]
     sae = build_variant_sae(variant, spec.settings, d_in, cfg.n_features, cfg.device, spec.seed)
     train_cfg = TrainConfig(
         architecture=variant.architecture, d_sae=cfg.n_features, lr=cfg.lr_of(spec.architecture), batch_size=cfg.batch_tokens,
@@ -217,7 +217,7 @@ def train_pass(cfg: ComparisonConfig, specs: list[RunSpec], acts: torch.Tensor, 
 
 def search_coefficients(cfg: ComparisonConfig, acts: torch.Tensor, steps: int) -> dict[str, Any]:
     """Per coefficient architecture: bisection probes (all architectures in one pass per round)."""
-    searched = [a for a in cfg.architectures if COMPARISON_VARIANTS[a].searched]
+    searched = [a for a in cfg.architectures if VARIANTS[a].searched]
     history: dict[str, list[Probe]] = {a: [] for a in searched}
     probe_steps = max(1, round(steps * cfg.probe_fraction))
     tail = max(1, probe_steps // 5)
@@ -225,9 +225,9 @@ def search_coefficients(cfg: ComparisonConfig, acts: torch.Tensor, steps: int) -
         pending = [a for a in searched if not search_done(history[a], cfg.target_l0, cfg.tolerance)]
         if not pending:
             break
-        coefficients = {a: next_coefficient(history[a], cfg.target_l0, COMPARISON_VARIANTS[a].first_coefficient)
+        coefficients = {a: next_coefficient(history[a], cfg.target_l0, VARIANTS[a].first_coefficient)
                         for a in pending}
-        specs = {a: RunSpec(a, {COMPARISON_VARIANTS[a].sparsity_knob: c}, cfg.seeds[0], "probe")
+        specs = {a: RunSpec(a, {VARIANTS[a].sparsity_knob: c}, cfg.seeds[0], "probe")
                  for a, c in coefficients.items()}
         logger.info("search round: %s", {a: f"{c:.3g}" for a, c in coefficients.items()})
         trained = train_pass(cfg, list(specs.values()), acts, cfg.seeds[0], probe_steps)
@@ -246,7 +246,7 @@ def run_specs(cfg: ComparisonConfig, seed: int, coefficients: dict[str, float]) 
     """The target runs of every architecture, plus the frontier on the first seed."""
     specs = []
     for arch in cfg.architectures:
-        variant = COMPARISON_VARIANTS[arch]
+        variant = VARIANTS[arch]
         coefficient = coefficients.get(arch)
         specs.append(RunSpec(arch, settings_at(variant, cfg.target_l0, coefficient), seed, "target"))
         if seed == cfg.seeds[0]:
@@ -287,7 +287,7 @@ def evaluate_pass(cfg: ComparisonConfig, specs: list[RunSpec], trained: dict[str
         ev = evaluate_sae(context["model"], sae, context["tokens"], cfg.hook_name, batch_size=cfg.batch_size)
         records.append({
             "run": spec.name, "architecture": spec.architecture, "seed": spec.seed, "role": spec.role, **spec.settings,
-            "config": run_config(trainer, COMPARISON_VARIANTS[spec.architecture]),
+            "config": run_config(trainer, VARIANTS[spec.architecture]),
             "l0": ev.l0_mean, "l0_histogram": ev.l0_histogram, "normalized_mse": ev.normalized_mse, "fvu": ev.fvu,
             "explained_variance": ev.explained_variance, "ce_loss_recovered": ev.ce_loss_recovered,
             "ce_loss_with_sae": ev.ce_loss_with_sae, "kl_div": ev.kl_div_with_sae, "dead_fraction": ev.n_dead / ev.d_sae,

@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hybrid_sae_ext.architectures.registry import COMPARISON_VARIANTS, run_config, settings_at
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig, RunSpec, prepare_data, resumable, train_pass
+from hybrid_sae_ext.experiments.variants import VARIANTS, run_config, settings_at
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
 from hybrid_sae_ext.measure import device_name, versions
 
 
 def swept_architectures(cfg: ComparisonConfig) -> list[str]:
-    return [a for a in cfg.architectures if not COMPARISON_VARIANTS[a].searched]
+    return [a for a in cfg.architectures if not VARIANTS[a].searched]
 
 
 ABOVE_TARGET_EXPONENT = 2.0
@@ -61,7 +61,7 @@ def sweep_learning_rates(cfg: ComparisonConfig) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     for lr in cfg.lr_sweep:
         at_lr = dataclasses.replace(cfg, lr=lr)
-        specs = [RunSpec(a, settings_at(COMPARISON_VARIANTS[a], cfg.target_l0), seed, "lr-sweep") for a in architectures]
+        specs = [RunSpec(a, settings_at(VARIANTS[a], cfg.target_l0), seed, "lr-sweep") for a in architectures]
 
         def one_pass(at_lr: ComparisonConfig = at_lr, specs: list[RunSpec] = specs) -> list[dict[str, Any]]:
             trained = train_pass(at_lr, specs, data.acts, seed, data.steps, data.heldout)
@@ -71,7 +71,7 @@ def sweep_learning_rates(cfg: ComparisonConfig) -> dict[str, Any]:
                 end = run["heldout_curve"][-1]
                 records.append({
                     "architecture": spec.architecture, "lr": at_lr.lr, **spec.settings,
-                    "config": run_config(run["trainer"], COMPARISON_VARIANTS[spec.architecture]),
+                    "config": run_config(run["trainer"], VARIANTS[spec.architecture]),
                     "fvu": end["fvu"], "l0": end["l0"], "dead_fraction": end["dead"],
                     "heldout_curve": run["heldout_curve"], "train_seconds": run["train_seconds"],
                 })

@@ -11,11 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
-ARCHITECTURE_LABELS = {
-    "vanilla": "vanilla (L1)", "gated": "gated", "jumprelu": "JumpReLU", "ksparse": "TopK (SAELens defaults)",
-    "ksparse-matched": "TopK (hybrid's init)", "batchtopk": "BatchTopK", "hybrid": "hybrid (fixed k)",
-    "hybrid-adaptive": "hybrid (target_l0, k = 2 x target)",
-}
+from hybrid_sae_ext.experiments.variants import label  # noqa: E402
+
 TABLE_COLUMNS = (
     ("l0", "L0", "{:.1f}"), ("l0_std", "L0 per-token std", "{:.1f}"), ("fvu", "FVU", "{:.4f}"),
     ("normalized_mse", "norm. MSE", "{:.4f}"), ("ce_loss_recovered", "CE recovered", "{:.4f}"), ("kl_div", "KL", "{:.4f}"),
@@ -23,10 +20,6 @@ TABLE_COLUMNS = (
     ("heldout_l0", "its L0", "{:.1f}"), ("flattening", "FVU gain, last doubling", "{:.1%}"),
     ("time_vs_ksparse", "time vs TopK", "{:.2f}"),
 )
-
-
-def label(arch: str) -> str:
-    return ARCHITECTURE_LABELS.get(arch, arch)
 
 
 def _cell(cell: dict[str, Any] | None, fmt: str) -> str:
@@ -48,7 +41,7 @@ def _rates(cfg: dict[str, Any]) -> str:
     if not swept:
         return f"lr {cfg['lr']:g}"
     own = ", ".join(f"{label(a)} {swept[a]:g}" for a in cfg["architectures"] if a in swept)
-    return f"lr per architecture from the sweep `{Path(cfg['lr_from']).name}` ({own}; the others {cfg['lr']:g})"
+    return f"lr per architecture from the sweep `{', '.join(Path(p).parent.name + '/' + Path(p).name for p in cfg['lr_from'].split(','))}` ({own}; the others {cfg['lr']:g})"
 
 
 def comparison_markdown(results: dict[str, Any]) -> str:

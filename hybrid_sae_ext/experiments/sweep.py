@@ -1,6 +1,6 @@
 """Scaling-law sweep: SAEs over widths x k, each evaluated at several token budgets of one run.
 
-Each SAE is built as the comparison builds its variant (``registry.build_variant_sae``: same overrides,
+Each SAE is built as the comparison builds its variant (``variants.build_variant_sae``: same overrides,
 encoder init and seeding), so a sweep's laws and the comparison's table describe the same SAEs.
 Why this shape: the cost of a scaling study is training, so every SAE of the grid trains in one
 ``MultiTrainer`` pass (each batch read once for all of them), and the token axis comes from
@@ -26,18 +26,11 @@ from sae_lens.saes.sae import TrainingSAE
 from torch import Tensor
 
 from hybrid_sae_ext.activations import CaptureConfig, capture_activations, open_cache, read_manifest
-from hybrid_sae_ext.architectures.registry import (
-    COMPARISON_VARIANTS,
-    ComparisonVariant,
-    build_variant_sae,
-    register_architectures,
-    resolve_architecture,
-    run_config,
-    settings_at,
-)
+from hybrid_sae_ext.architectures.registry import register_architectures, resolve_architecture
 from hybrid_sae_ext.evals.stats import LatentAccumulator, ReconstructionAccumulator
 from hybrid_sae_ext.experiments.scaling import PowerLawFit, fit_joint_power_law, fit_power_law
 from hybrid_sae_ext.experiments.sweep_report import write_report
+from hybrid_sae_ext.experiments.variants import VARIANTS, ComparisonVariant, build_variant_sae, run_config, settings_at
 from hybrid_sae_ext.measure import device_name, versions
 from hybrid_sae_ext.models import TINY_LM_NAME, load_model
 from hybrid_sae_ext.training.config import TrainConfig
@@ -137,7 +130,7 @@ def sweepable_architectures() -> list[str]:
     """Names a sweep accepts: comparison variants whose L0 is set by k or target_l0, then SAELens
     architectures with a k that are not already one of those."""
     register_architectures()
-    variants = [name for name, variant in COMPARISON_VARIANTS.items() if not variant.searched]
+    variants = [name for name, variant in VARIANTS.items() if not variant.searched]
     with_k = [name for name, (_, cfg_cls) in registry.SAE_TRAINING_CLASS_REGISTRY.items()
               if "k" in {f.name for f in dataclasses.fields(cfg_cls)} and name not in variants]
     return variants + with_k
@@ -149,7 +142,7 @@ def sweep_variant(name: str) -> ComparisonVariant:
     if name not in allowed:
         raise ValueError(f"architecture {name!r} has no k or target_l0 to sweep (coefficient-searched variants "
                          f"such as vanilla and gated cannot be swept); allowed: {', '.join(allowed)}")
-    return COMPARISON_VARIANTS.get(name) or ComparisonVariant(resolve_architecture(name), "k")
+    return VARIANTS.get(name) or ComparisonVariant(resolve_architecture(name), "k")
 
 
 @dataclass
@@ -216,7 +209,7 @@ def build_trainer(cfg: SweepConfig, variant: ComparisonVariant, settings: dict[s
 
 def run_sweep(cfg: SweepConfig, train: Tensor, heldout: Tensor) -> tuple[list[Point], list[dict[str, Any]], dict[str, float]]:
     """Train every (width, k) SAE in one pass over ``train``, evaluating all of them at each checkpoint.
-    Returns the points, each run's full config (``registry.run_config``) and the seconds spent."""
+    Returns the points, each run's full config (``variants.run_config``) and the seconds spent."""
     upstream = SingleHookSource(TensorActivationSource(train, seed=cfg.seed), cfg.hook)
     grid = [(n, k) for n in cfg.widths for k in cfg.ks]
     variant = cfg.variant

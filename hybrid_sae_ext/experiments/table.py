@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hybrid_sae_ext.architectures.registry import COMPARISON_VARIANTS
+from hybrid_sae_ext.experiments.variants import VARIANTS
 from hybrid_sae_ext.experiments.matching import interpolate_log_l0, landed, mean_interval
 
 CORRECTED_METRICS = ("fvu", "normalized_mse", "ce_loss_recovered", "kl_div")
@@ -76,7 +76,7 @@ def comparison_table(runs: list[dict[str, Any]], target: float, tolerance: float
     first_seed = min(r["seed"] for r in runs)
     per_seed: dict[str, dict[int, dict[str, float]]] = {}
     rows = []
-    for arch in [a for a in COMPARISON_VARIANTS if any(r["architecture"] == a for r in runs)]:
+    for arch in [a for a in VARIANTS if any(r["architecture"] == a for r in runs)]:
         targets = sorted((r for r in runs if r["architecture"] == arch and r["role"] == "target"), key=lambda r: r["seed"])
         frontier = [r for r in runs if r["architecture"] == arch and r["seed"] == first_seed]
         missed = [r["seed"] for r in targets if not landed(r["l0"], target, tolerance)]

@@ -22,7 +22,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hybrid_sae_ext.architectures.hybrid import HybridTrainingSAE
-from hybrid_sae_ext.architectures.registry import training_classes
+from hybrid_sae_ext.architectures.build import build_training_sae as build_architecture_sae
+from hybrid_sae_ext.architectures.build import config_fields
 from hybrid_sae_ext.distributed.data_parallel import DataParallel
 from hybrid_sae_ext.training.checkpoint import (
     Checkpoint,
@@ -66,17 +67,13 @@ class TrainResult:
 
 def build_training_sae(cfg: TrainConfig, d_in: int) -> TrainingSAE[Any]:
     """The registered training SAE for ``cfg.architecture``, seeded, with the config's k / L1 where it has them."""
-    sae_cls, cfg_cls = training_classes(cfg.architecture)
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": cfg.d_sae, "device": cfg.device}
-    if "k" in names:
-        kwargs["k"] = cfg.k
+    names = config_fields(cfg.architecture)
+    fields: dict[str, Any] = {"k": cfg.k} if "k" in names else {}
     if "l1_coefficient" in names and cfg.l1_coefficient is not None:
-        kwargs["l1_coefficient"] = cfg.l1_coefficient
+        fields["l1_coefficient"] = cfg.l1_coefficient
     if cfg.target_l0 is not None:
-        kwargs["target_l0"] = cfg.target_l0
-    torch.manual_seed(cfg.seed)
-    return sae_cls(cfg_cls(**kwargs))
+        fields["target_l0"] = cfg.target_l0
+    return build_architecture_sae(cfg.architecture, d_in, cfg.d_sae, device=cfg.device, seed=cfg.seed, **fields)
 
 
 def _coefficient_value(coefficient: float | TrainCoefficientConfig, step: int) -> float:

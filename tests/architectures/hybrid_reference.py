@@ -21,6 +21,8 @@ class ReferenceOutput(NamedTuple):
     gate_aux: Tensor
     l1: Tensor
     aux_k: Tensor
+    l0: Tensor
+    """The ``jump`` gate's L0 penalty (zero for the other rules)."""
     sae_out: Tensor
     """Reconstruction ``[n, d_in]`` of the flattened input."""
     codes: Tensor
@@ -30,7 +32,7 @@ class ReferenceOutput(NamedTuple):
     pi_gate: Tensor
 
     def total(self) -> Tensor:
-        return self.mse + self.gate_aux + self.l1 + self.aux_k
+        return self.mse + self.gate_aux + self.l1 + self.aux_k + self.l0
 
 
 def leaf_params(sae: torch.nn.Module) -> dict[str, Tensor]:
@@ -68,12 +70,34 @@ def reference_forward(
     aux_k_coefficient: float,
     k_aux: int,
     dead_mask: Tensor | None = None,
+    gate_rule: str = "token",
+    target_l0: float | None = None,
+    l0_coefficient: float = 0.0,
+    bandwidth: float = 0.05,
 ) -> ReferenceOutput:
     """The training forward on ``x`` ``[..., d_in]`` (flattened to tokens); ``k_aux`` is the config's
-    effective value (``min(k_aux or d_in // 2, d_sae)``), capped here by the number of dead latents."""
+    effective value (``min(k_aux or d_in // 2, d_sae)``), capped here by the number of dead latents.
+
+    ``gate_rule="batch"``: of all tokens' candidates, those whose ``pi_gate`` exceeds the
+    ``(round(n * target_l0) + 1)``-th largest candidate ``pi_gate`` open. ``"jump"``: a candidate opens
+    where ``pi_gate > 0``, and the opening's gradient reaches ``b_gate`` as ``rect(pi_gate / bandwidth) /
+    bandwidth``; the L0 penalty is ``l0_coefficient * 2 / t * (mean_tokens(opened) - t) ** 2``."""
     x = x.reshape(-1, p["W_enc"].shape[0]).double()
     decoder = unit_rows(p["W_dec"])
     codes, candidates, pi_gate, pre = reference_encode(p, x, k)
+    l0 = torch.zeros((), dtype=torch.float64)
+    magnitude = torch.relu(torch.exp(p["r_mag"]) * pre + p["b_mag"])
+    if gate_rule == "batch":
+        ranked = pi_gate.detach()[candidates].sort(descending=True).values
+        tau = ranked[round(x.shape[0] * target_l0)]
+        codes = torch.where(candidates & (pi_gate > tau), magnitude, torch.zeros_like(magnitude))
+    elif gate_rule == "jump":
+        to_threshold = pre.detach() + p["b_gate"]
+        window = (to_threshold.detach().abs() < bandwidth / 2).double() / bandwidth
+        opened = (pi_gate.detach() > 0).double() + (to_threshold - to_threshold.detach()) * window
+        opened = torch.where(candidates, opened, torch.zeros_like(opened))
+        codes = magnitude * opened
+        l0 = l0_coefficient * 2 / target_l0 * (opened.sum(-1).mean() - target_l0) ** 2
     sae_out = codes @ decoder + p["b_dec"]
     mse = ((sae_out - x) ** 2).sum(-1).mean()
 
@@ -91,7 +115,7 @@ def reference_forward(
         aux_k = aux_k_coefficient * min(n_dead / k_aux, 1.0) * ((aux_recon - residual) ** 2).sum(-1).mean()
         gate_error = pre.detach() + p["b_gate"] - residual @ decoder.detach().T
         gate_aux = gate_aux + gate_aux_coefficient * torch.where(chosen, gate_error**2, 0.0).sum(-1).mean()
-    return ReferenceOutput(mse, gate_aux, l1, aux_k, sae_out, codes, candidates, pi_gate)
+    return ReferenceOutput(mse, gate_aux, l1, aux_k, l0, sae_out, codes, candidates, pi_gate)
 
 
 def reference_inference(p: dict[str, Tensor], x: Tensor, k: int) -> tuple[Tensor, Tensor]:

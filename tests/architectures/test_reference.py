@@ -61,11 +61,11 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def _case(name: str, backend: str, dtype: str = "float64") -> tuple[HybridTrainingSAE, torch.Tensor, torch.Tensor | None]:
+def _case(name: str, backend: str, dtype: str = "float64", **gate: Any) -> tuple[HybridTrainingSAE, torch.Tensor, torch.Tensor | None]:
     case = CASES[name]
     cfg = HybridTrainingSAEConfig(
         d_in=case["shape"][-1], d_sae=case["d_sae"], k=case["k"], k_aux=case["k_aux"], l1_coefficient=0.3,
-        gate_aux_coefficient=0.7, aux_k_coefficient=0.5, kernel_backend=backend, dtype=dtype,
+        gate_aux_coefficient=0.7, aux_k_coefficient=0.5, kernel_backend=backend, dtype=dtype, **gate,
     )
     sae = HybridTrainingSAE(cfg)
     _randomize(sae, seed=len(name))
@@ -84,6 +84,8 @@ def _reference(sae: HybridTrainingSAE, x: torch.Tensor, dead: torch.Tensor | Non
     ref = reference_forward(
         params, x, k=cfg.k, l1_coefficient=cfg.l1_coefficient, gate_aux_coefficient=cfg.gate_aux_coefficient,
         aux_k_coefficient=cfg.aux_k_coefficient, k_aux=cfg.effective_k_aux, dead_mask=dead,
+        gate_rule=cfg.gate_rule, target_l0=cfg.target_l0, l0_coefficient=cfg.l0_coefficient,
+        bandwidth=cfg.gate_bandwidth,
     )
     return ref, params
 
@@ -103,9 +105,10 @@ def _term_grads(terms, params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
 def _compare_to_reference(sae, x, dead, tol, grad_groups=None) -> Any:
     out = sae.hybrid_forward(x, dead_mask=dead)
     ref, params = _reference(sae, x, dead)
-    terms = ("mse", "gate_aux", "l1", "aux_k")
+    terms = ("mse", "gate_aux", "l1", "aux_k", "l0")
     for term in terms:
         torch.testing.assert_close(getattr(out.losses, term).double(), getattr(ref, term), **tol, msg=term)
+    torch.testing.assert_close(out.losses.total().double(), ref.total(), **tol, msg="total")
     torch.testing.assert_close(out.sae_out.double(), ref.sae_out, **tol)
     n = ref.codes.shape[0]
     dense = torch.zeros(n, sae.cfg.d_sae, dtype=torch.float64).scatter(1, out.codes.indices, out.codes.values.double())
@@ -131,6 +134,52 @@ def test_training_forward_matches_reference(backend: str, case: str) -> None:
     assert ref.mse > 0 and ref.gate_aux > 0 and ref.l1 > 0
     assert (ref.aux_k > 0) == (dead is not None)
     assert (ref.codes > 0).any() and (ref.candidates & (ref.pi_gate <= 0)).any(), "the case must open and shut gates"
+
+
+GATE_RULE_CASES = {
+    # target 2 of k 6 candidates: the batch threshold shuts open gates and opens shut ones
+    "batch": dict(gate_rule="batch", target_l0=2.0),
+    # bandwidth 0.6: some candidates sit inside the estimator's window; L0 penalty weight 0.4
+    "jump": dict(gate_rule="jump", target_l0=2.0, l0_coefficient=0.4, gate_bandwidth=0.6),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ["many_dead", "no_dead", "three_d_input"])
+@pytest.mark.parametrize("rule", list(GATE_RULE_CASES))
+def test_gate_rules_match_reference(backend: str, case: str, rule: str) -> None:
+    """The batch gate and the learned-threshold gate: codes, every loss term (the L0 penalty included)
+    and every gradient, against the reference's own formulation of each rule."""
+    sae, x, dead = _case(case, backend, **GATE_RULE_CASES[rule])
+    ref = _compare_to_reference(sae, x, dead, F64)
+    opened = (ref.codes > 0).sum(-1).double()
+    if rule == "batch":
+        assert opened.mean() == pytest.approx(2.0, abs=1e-9) and opened.std() > 0, "the batch allocates unevenly"
+        assert ((ref.codes == 0) & ref.candidates & (ref.pi_gate > 0)).any(), "the threshold shuts open gates"
+    else:
+        pi = ref.pi_gate.detach()
+        assert (ref.candidates & (pi.abs() < 0.3)).any(), "some candidate inside the estimator's window"
+        assert ref.l0 > 0
+
+
+def test_batch_gate_moves_its_inference_threshold_and_saves_it_into_b_gate(tmp_path) -> None:
+    """Training forwards move the EMA toward each batch's threshold; eval forwards and the saved inference
+    SAE (threshold folded into b_gate) gate each token alone, the same way."""
+    sae, x, dead = _case("many_dead", "sparse", **GATE_RULE_CASES["batch"])
+    ref, _ = _reference(sae, x, dead)
+    ranked = ref.pi_gate.detach()[ref.candidates].sort(descending=True).values
+    tau = float(ranked[round(x.shape[0] * 2.0)])
+    sae.hybrid_forward(x, dead_mask=dead)
+    assert float(sae.gate_threshold) == pytest.approx(0.05 * tau, rel=1e-9)
+    sae.eval()
+    one_token = sae.hybrid_forward(x[:1]).codes
+    alone = torch.zeros(1, 48, dtype=torch.float64).scatter(1, one_token.indices, one_token.values)
+    batch = sae.hybrid_forward(x).codes
+    together = torch.zeros(x.shape[0], 48, dtype=torch.float64).scatter(1, batch.indices, batch.values)
+    torch.testing.assert_close(alone, together[:1], **F64)
+    sae.save_inference_model(str(tmp_path))
+    loaded = HybridSAE.load_from_disk(str(tmp_path))
+    torch.testing.assert_close(loaded.encode(x), together, **F64)
 
 
 def test_cases_exercise_what_the_formulas_distinguish() -> None:

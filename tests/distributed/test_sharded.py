@@ -64,3 +64,15 @@ def test_sharded_forward_and_gradients_equal_unsharded(tmp_path: Path) -> None:
 def test_uneven_shards_are_refused() -> None:
     with pytest.raises(ValueError, match="d_sae=10 must be divisible by the world size 3"):
         shard_bounds(10, 0, 3)
+
+
+@pytest.mark.parametrize("fields", [dict(target_l0=3.0), dict(target_l0=3.0, gate_rule="batch")])
+def test_a_hybrid_with_a_gate_threshold_is_refused_not_trained_as_fixed_k(tmp_path: Path, fields: dict) -> None:
+    """The sharded forward has no gate threshold: it used to train a ``target_l0`` SAE as fixed k, silently."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        full = HybridTrainingSAE(HybridTrainingSAEConfig(d_in=8, d_sae=32, k=6, **fields))
+        with pytest.raises(NotImplementedError, match="sharded training supports the fixed-k hybrid only"):
+            ShardedHybridSAE(full)
+    finally:
+        dist.destroy_process_group()

@@ -12,7 +12,7 @@ import pytest
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAEConfig
 
-from hybrid_sae_ext.architectures.registry import COMPARISON_VARIANTS
+from hybrid_sae_ext.experiments.variants import VARIANTS as COMPARISON_VARIANTS
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig
 
 T_975_DF2 = 4.302652729911275

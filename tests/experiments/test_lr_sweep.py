@@ -87,7 +87,7 @@ def test_comparison_trains_each_swept_architecture_at_its_best_rate(tmp_path: Pa
         trainer = build_run(cfg, RunSpec(arch, settings, 0, "target"), d_in=8, steps=2)
         assert trainer.cfg.lr == sweep["best_lr"].get(arch, 5e-4), arch
     assert _rates(dataclasses.asdict(cfg)) == (  # the comparison's report names each rate
-        f"lr per architecture from the sweep `lr_sweep.json` (TopK (SAELens defaults) {sweep['best_lr']['ksparse']:g}, "
+        f"lr per architecture from the sweep `sweep/lr_sweep.json` (TopK (SAELens defaults) {sweep['best_lr']['ksparse']:g}, "
         f"hybrid (target_l0, k = 2 x target) {sweep['best_lr']['hybrid-adaptive']:g}; the others 0.0005)")
     with pytest.raises(ValueError, match=r"swept other data or budget \(sweep, comparison\): \{'n_features': \(64, 128\)\}"):
         _tiny(tmp_path, lr_sweep=[], n_features=128, lr_from=str(tmp_path / "sweep" / "lr_sweep.json"))

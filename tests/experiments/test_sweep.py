@@ -12,7 +12,7 @@ import pytest
 import torch
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 
-from hybrid_sae_ext.architectures.registry import ComparisonVariant, settings_at
+from hybrid_sae_ext.experiments.variants import ComparisonVariant, settings_at
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig, RunSpec, build_run
 from hybrid_sae_ext.experiments.sweep import SweepConfig, build_trainer, derive_scaling_laws, evaluate
 from hybrid_sae_ext.training.config import TrainConfig
@@ -189,8 +189,9 @@ def test_coefficient_variants_are_refused_naming_the_allowed(name: str) -> None:
 
 
 def test_plain_saelens_names_sweep_with_saelens_defaults() -> None:
-    assert SweepConfig(debug=True, architecture="topk").variant == ComparisonVariant("topk", "k")
-    assert SweepConfig(debug=True, architecture="ksparse").variant == ComparisonVariant("topk", "k")
+    for name in ("topk", "ksparse"):
+        variant = SweepConfig(debug=True, architecture=name).variant
+        assert (variant.architecture, variant.sparsity_knob, variant.overrides) == ("topk", "k", {})
 
 
 def test_ksparse_matched_sweep_starts_from_the_comparisons_init() -> None:
