@@ -201,13 +201,16 @@ def _randomized_inference_sae() -> HybridSAE:
 
 
 def test_fold_W_dec_norm_folds_a_uniform_norm_and_refuses_per_latent_norms() -> None:
-    """After ``fold_activation_norm_scaling_factor`` every decoder row has norm 1 / scale: folding it
-    must keep the SAE's function (same top-k, same open gates), codes scaled by 1 / scale."""
+    """After SAELens' base scale fold (``W_enc *= s; W_dec /= s; b_dec /= s``) every decoder row has norm 1 / s:
+    folding it must keep the SAE's function (same top-k, same open gates), codes scaled by 1 / s."""
     sae, scale = _randomized_inference_sae(), 2.5
     x = torch.randn(64, 8, dtype=torch.float64)
     expected = sae(x * scale) / scale
     codes_before = sae.encode(x * scale)
-    sae.fold_activation_norm_scaling_factor(scale)
+    with torch.no_grad():
+        sae.W_enc.mul_(scale)
+        sae.W_dec.div_(scale)
+        sae.b_dec.div_(scale)
     sae.fold_W_dec_norm()
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(48, dtype=torch.float64))
     torch.testing.assert_close(sae(x), expected)
