@@ -33,11 +33,12 @@ def build_training_sae(
     """The registered training SAE of ``architecture`` with ``fields`` over SAELens' defaults, initialised
     under ``seed``; ``encoder_init_norm`` then sets every ``W_enc`` column's norm (its direction kept)."""
     sae_cls, cfg_cls = training_classes(architecture)
-    unknown = sorted(set(fields) - config_fields(architecture))
+    known = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(
             f"{architecture!r} SAEs have no config field {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(config_fields(architecture) - {'d_in', 'd_sae', 'device'}))}"
+            f"allowed: {', '.join(sorted(known - {'d_in', 'd_sae', 'device'}))}"
         )
     cfg = cfg_cls(d_in=d_in, d_sae=d_sae, device=device, **fields)
     torch.manual_seed(seed)

@@ -233,7 +233,7 @@ class _HybridMixin:
             raise ValueError(f"scaling_factor must be a finite number > 0, got {scaling_factor!r}")
         for param in (self.b_dec, self.b_gate, self.b_mag):
             param.data.div_(scaling_factor)
-        threshold = getattr(self, "gate_threshold", None)
+        threshold = self._gate_threshold()
         if isinstance(threshold, Tensor):
             threshold.div_(scaling_factor)
         self.cfg.normalize_activations = "none"

@@ -93,13 +93,6 @@ VARIANTS: dict[str, ComparisonVariant] = {
 """Every variant of the comparison, by the name its tables use."""
 
 
-def variant(name: str) -> ComparisonVariant:
-    """The variant called ``name``; the error lists the allowed names."""
-    if name not in VARIANTS:
-        raise ValueError(f"Unknown comparison architecture {name!r}; allowed: {', '.join(VARIANTS)}")
-    return VARIANTS[name]
-
-
 def label(name: str) -> str:
     """A variant's table label (an unknown name stands for itself)."""
     return VARIANTS[name].label or name if name in VARIANTS else name
