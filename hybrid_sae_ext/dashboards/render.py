@@ -111,7 +111,7 @@ def density_figure(data: DashboardData, width: int = 640, height: int = 150) -> 
             f'height="{height}" role="img" aria-label="histogram of latent firing densities">{"".join(shapes)}</svg>'
             f'<figcaption>Firing density of all {data.d_sae:,} latents: the share of tokens on which each fires, log '
             f'scale; bar height: latents per bin (tallest {peak:,}); dashed: the dense threshold {dense:g}. '
-            f'<span id="dead-count">{hist["dead"]}</span> dead latents are not on the axis.</figcaption></figure>')
+            f'Dead latents (not on the axis): <span id="dead-count">{hist["dead"]}</span>.</figcaption></figure>')
 
 
 def write_site(data: DashboardData, site: Path) -> Path:
