@@ -320,6 +320,7 @@ def test_a_failed_request_leaves_no_stale_results(page: Any, guard: Guard, serve
     page.wait_for_function("document.getElementById('error').textContent.length > 0")
     assert f"at most {MAX_TEXT_CHARS} characters" in page.locator("#error").inner_text()
     assert page.locator("#tokens .tok").count() == 0 and page.locator("#search tr").count() == 0
+    assert page.locator("#steered.stale").count() == 1  # completions of the old text stay, dimmed
     page.fill("#text", TEXT)
     page.fill("#strength", "5000")  # over the limit: 422
     page.click("#steer")

@@ -84,6 +84,10 @@
   });
   $("analyze").addEventListener("click", analyze);
   $("steer").addEventListener("click", steer);
-  $("text").addEventListener("input", () => markStale([...sections.analyze, ...sections.steer], true));
+  const readBy = { text: ["analyze", "steer"], feature: ["analyze", "steer"], strength: ["steer"], mode: ["steer"],
+                   seed: ["steer"], "new-tokens": ["steer"] };  // which results each input changes
+  for (const [id, kinds] of Object.entries(readBy)) {
+    $(id).addEventListener("input", () => kinds.forEach((kind) => markStale(sections[kind], true)));
+  }
   fetch("/health").then((r) => r.json()).then((h) => { $("model").textContent = h.model + " · " + h.hook + " · " + h.d_sae + " latents"; });
 })();
