@@ -279,6 +279,9 @@ def test_live_tokens_wrap_in_a_narrow_window(page: Any, guard: Guard, server: st
     lines = page.locator("#tokens .tok").evaluate_all(
         "chips => new Set(chips.map(c => Math.round(c.getBoundingClientRect().top))).size")
     assert lines >= 3
+    page.hover("#tokens .tok >> nth=-1")  # the hover list of the last token stays inside the window too
+    page.locator("#token-latents").wait_for(state="visible", timeout=5000)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400
 
 
 def test_hovering_a_live_token_shows_its_top_latents(page: Any, guard: Guard, server: str, reference: Callable) -> None:

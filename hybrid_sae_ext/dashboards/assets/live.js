@@ -28,10 +28,10 @@
     ]));
     popup.replaceChildren(el("div", {}, [tokenChip(token, "chip"), el("span", { text: " top latents" })]),
       rows.length ? el("table", {}, rows) : el("p", { text: "no latent fires on this token" }));
-    const box = chip.getBoundingClientRect();
-    popup.style.left = Math.max(0, Math.min(box.left, document.documentElement.clientWidth - 260) + window.scrollX) + "px";
+    popup.hidden = false;  // shown first, so that its width is known and it can be kept inside the window
+    const box = chip.getBoundingClientRect(), room = document.documentElement.clientWidth - popup.offsetWidth;
+    popup.style.left = (Math.max(0, Math.min(box.left, room)) + window.scrollX) + "px";
     popup.style.top = (box.bottom + window.scrollY) + "px";
-    popup.hidden = false;
   }
   function showTokens(acts) {
     const line = tokenLine(acts.tokens, acts.values, Math.max(0, ...acts.values), -1);
