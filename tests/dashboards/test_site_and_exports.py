@@ -37,6 +37,21 @@ def test_site_pages_are_small_and_reference_only_local_files(hybrid_dashboards: 
         assert not re.search(r"https?://", script.read_text()), script.name
 
 
+def test_index_histogram_counts_every_latent_by_log_density(hybrid_dashboards: Path) -> None:
+    data = DashboardData(hybrid_dashboards)
+    index = (hybrid_dashboards / "site" / "index.html").read_text()
+    counts = [int(c) for c in re.findall(r'<rect class="bar"[^>]* data-count="(\d+)"', index)]
+    tokens = int(data.meta["tokens"])
+    lowest = -4  # the axis starts at the decade of the smallest possible density, 1 / tokens
+    assert 1e-4 <= 1 / tokens < 1e-3
+    densities = [int(c) / tokens for c in data.stats["count"].tolist()]
+    edges = [10 ** (lowest + i / 5) for i in range(-lowest * 5 + 1)]
+    expected = [sum(1 for d in densities if low <= d < high or (high == 1 and d == 1))
+                for low, high in zip(edges, edges[1:])]
+    assert counts == expected
+    assert sum(expected) + densities.count(0.0) == data.d_sae and densities.count(0.0) > 0
+
+
 def test_saedashboard_and_neuronpedia_exports_map_the_record_fields(hybrid_dashboards: Path) -> None:
     data = DashboardData(hybrid_dashboards)
     latent = int(data.stats["count"].argmax())
