@@ -92,6 +92,11 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
     """Weight of the "jump" gate's quadratic L0 penalty around target_l0."""
     gate_bandwidth: float = 0.05
     """Width of the "jump" gate's straight-through estimator (JumpReLU's bandwidth)."""
+    use_sparse_activations: bool = False
+    """As SAELens' TopK training SAE (same name, same default): False gives ``training_forward_pass`` a dense
+    ``feature_acts`` ``[batch, d_sae]`` that user code can compare and ``.abs()``; it costs ``batch x d_sae``
+    values per step (4096 tokens x 32768 latents in float32: 512 MiB) on top of the sparse forward, which
+    never needs it. True gives the sparse COO tensor (``batch x k`` entries) that SAELens' trainer accepts."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
