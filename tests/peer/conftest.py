@@ -74,6 +74,7 @@ def training_sae(architecture: str, seed: int = 0, **fields: Any) -> TrainingSAE
     sae = TrainingSAE.from_dict(training_config(architecture, **fields).to_dict())
     sae.cfg.metadata.hook_name = HOOK
     sae.cfg.metadata.model_name = TINY_LM_NAME
+    sae.cfg.metadata.prepend_bos = True
     return perturb(sae, seed)  # type: ignore[return-value]
 
 
