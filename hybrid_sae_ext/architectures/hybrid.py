@@ -49,6 +49,7 @@ from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainSte
 from torch import Tensor, nn
 from typing_extensions import override
 
+from hybrid_sae_ext.architectures.gate_activation import GatedTopK
 from hybrid_sae_ext.architectures.hybrid_config import HybridSAEConfig, HybridTrainingSAEConfig
 from hybrid_sae_ext.kernels import TopKSelection, get_kernels
 from hybrid_sae_ext.kernels.primitives import gathered_dot, take
@@ -249,16 +250,40 @@ class _HybridMixin:
         sae_out_pre = self.run_time_activation_norm_fn_out(sae_out_pre)  # type: ignore[attr-defined]
         return self.reshape_fn_out(sae_out_pre, self.d_head)  # type: ignore[attr-defined]
 
+    def get_activation_fn(self) -> GatedTopK:
+        """SAELens' ``TopK`` type applying the gate, so tools that dispatch on it treat the hybrid as top-k."""
+        return GatedTopK(self, self.cfg.k)
+
+    @property
+    def b_enc(self) -> Tensor:
+        """Read-only alias of ``b_mag`` (the bias of the magnitude path, whose values are the codes) for tools
+        that read every non-gated SAE's ``b_enc`` (SAEBench). Detached, not a Parameter, so SAELens' folds,
+        which shift a ``b_enc`` Parameter, leave it alone; the hybrid's own folds scale ``b_mag``."""
+        return self.b_mag.detach()
+
+    def gated_codes(self, pre: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
+        """Dense codes from the shared pre-activation ``pre``: top-k of ``pi_gate``, gated magnitudes."""
+        flat_pre = pre.reshape(-1, self.cfg.d_sae)
+        indices, _, values = self._gated_selection(flat_pre)
+        return torch.zeros_like(flat_pre).scatter(1, indices, values).reshape(pre.shape)
+
+    def _gated_selection(self, flat_pre: Float[Tensor, "n d_sae"]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(indices, gate pre-activations, gated magnitudes)`` of the top-k of ``pi_gate`` (exact scores)."""
+        indices, _ = select_topk(flat_pre + self.b_gate, self.b_gate, self.cfg.k, None, 0)
+        gate_pre, values = self._codes(TopKSelection(flat_pre.gather(1, indices), indices), self._gate_threshold())
+        return indices, gate_pre, values
+
     def _dense_encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """SAE-API encode: dense codes ``[..., d_sae]`` and the hooked pre-activations."""
         self._check_input(x)
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
         pre = self.hook_sae_acts_pre(sae_in @ self.W_enc)  # type: ignore[attr-defined]
-        flat_pre = pre.reshape(-1, self.cfg.d_sae)
-        indices, _ = select_topk(flat_pre + self.b_gate, self.b_gate, self.cfg.k, None, 0)
-        gate_pre, values = self._codes(TopKSelection(flat_pre.gather(1, indices), indices), self._gate_threshold())
+        if not self.cfg.refine_steps:
+            return self.hook_sae_acts_post(self.activation_fn(pre)), pre  # type: ignore[attr-defined]
+        # Refined codes depend on the input as well as on ``pre``: the activation function alone cannot give them.
+        indices, gate_pre, values = self._gated_selection(pre.reshape(-1, self.cfg.d_sae))
         values = self._refine(values, indices, (gate_pre > 0).to(values.dtype), self._centered(self._flat(sae_in)))
-        dense = torch.zeros_like(flat_pre).scatter(1, indices, values).reshape(pre.shape)
+        dense = torch.zeros_like(pre).reshape(-1, self.cfg.d_sae).scatter(1, indices, values).reshape(pre.shape)
         return self.hook_sae_acts_post(dense), pre  # type: ignore[attr-defined]
 
     def _centered(self, sae_in: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_in"]:
@@ -484,19 +509,23 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        """SAELens' training step on the sparse forward; the codes go to its stats as a sparse COO
-        tensor (``batch * k`` entries; SAELens' trainer reads ``feature_acts`` through ``.bool()``,
-        ``.sum`` and ``.to_dense()`` of reductions, which accept it), never a dense ``batch x d_sae``."""
+        """SAELens' training step on the sparse forward. ``feature_acts`` (detached) is dense ``[batch, d_sae]``,
+        or with ``use_sparse_activations`` a sparse COO tensor of ``batch * k`` entries (SAELens' trainer reads
+        it through ``.bool()``, ``.sum`` and ``.to_dense()`` of reductions, which accept either)."""
         out = self.hybrid_forward(
             step_input.sae_in, step_input.dead_neuron_mask, step_input.coefficients.get("l1")
         )
         with torch.no_grad():
             values, indices = out.codes.values.detach(), out.codes.indices
-            tokens = torch.arange(values.shape[0], device=values.device).repeat_interleave(values.shape[1])
-            feature_acts = torch.sparse_coo_tensor(
-                torch.stack([tokens, indices.reshape(-1)]), values.reshape(-1), (values.shape[0], self.cfg.d_sae),
-                is_coalesced=True, check_invariants=False,
-            )
+            shape = (values.shape[0], self.cfg.d_sae)
+            if self.cfg.use_sparse_activations:
+                tokens = torch.arange(values.shape[0], device=values.device).repeat_interleave(values.shape[1])
+                feature_acts = torch.sparse_coo_tensor(
+                    torch.stack([tokens, indices.reshape(-1)]), values.reshape(-1), shape,
+                    is_coalesced=True, check_invariants=False,
+                )
+            else:
+                feature_acts = values.new_zeros(shape).scatter_(1, indices, values)
         return TrainStepOutput(
             sae_in=step_input.sae_in,
             sae_out=out.sae_out.reshape(step_input.sae_in.shape),

@@ -106,6 +106,11 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
     """Refinement steps of the magnitude path: each moves the open latents' values one learned step along
     the reconstruction's gradient on that token's own picks (``relu(v + rate * D_S (x - x_hat))``), so the
     values fit the chosen latents jointly. Costs a decode and its transpose per step (batch x k); 0: off."""
+    use_sparse_activations: bool = False
+    """As SAELens' TopK training SAE (same name, same default): False gives ``training_forward_pass`` a dense
+    ``feature_acts`` ``[batch, d_sae]`` that user code can compare and ``.abs()``; it costs ``batch x d_sae``
+    values per step (4096 tokens x 32768 latents in float32: 512 MiB) on top of the sparse forward, which
+    never needs it. True gives the sparse COO tensor (``batch x k`` entries) that SAELens' trainer accepts."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
