@@ -17,9 +17,9 @@ for _ in progress_bar(range(6), desc="stage", mininterval=0.05, enabled={enabled
 
 
 def _stderr_of_loop(enabled: bool) -> str:
-    done = subprocess.run([sys.executable, "-c", LOOP.format(enabled=enabled)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", LOOP.format(enabled=enabled)], capture_output=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300, check=True)
-    return done.stderr
+    return done.stderr.decode()  # bytes: text mode would turn a "\r" into a newline
 
 
 def test_a_log_gets_whole_lines_ending_at_the_final_count() -> None:

@@ -115,7 +115,7 @@ def test_documented_command_runs_both_offline_and_leaves_git_status_clean(tmp_pa
     for name in ("results_analysis", "paper_figures"):
         page = (tmp_path / "results" / "notebooks" / f"{name}.html").read_text()
         assert not re.findall(r"<script[^>]*\ssrc=[\"']?(?:https?:)?//", page)
-        assert "application/vnd.jupyter.stderr" not in page, name
+        assert 'data-mime-type="application/vnd.jupyter.stderr"' not in page, name  # a cell wrote to stderr
         assert "IProgress" not in page
     figures = {path.name for path in (tmp_path / "results" / "notebooks" / "figures" / "paper_figures").iterdir()}
     assert "fig1_frontiers.pdf" in figures
