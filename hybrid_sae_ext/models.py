@@ -249,7 +249,8 @@ def load_model_folder(
     missing = [name for name in missing if not name.endswith(("IGNORE", "mask"))]
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS_FILE} does not fit its config: missing {missing}, unexpected {unexpected}")
-    return model.to(model_dtype(dtype)).to(device).eval()
+    # print_details=False: TransformerLens would print 'Changing model dtype' / 'Moving model to device' lines
+    return model.to(model_dtype(dtype), print_details=False).to(device, print_details=False).eval()
 
 
 def load_pretrained_sae(release: str, sae_id: str, device: str = "cpu") -> SAE[Any]:

@@ -1,6 +1,6 @@
 """Build feature dashboards for every latent of a saved SAE: statistics, a static site and exports.
 
-Example (the main job's SAE, the embedded corpus, offline)::
+Example (the main job's SAE, the embedded corpus, offline; with no --sae_path, the shipped pretrained SAE)::
 
     python scripts/build_dashboards.py --sae_path results/hybrid-tiny-lm --out results/dashboards --tokens 500000
 

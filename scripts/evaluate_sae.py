@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in result.summary().items():
         print(f"{name:>24}: {value:.6g}" if isinstance(value, float) else f"{name:>24}: {value}")
     print(f"wrote {cfg.output_path}")
+    print(result.headline())
 
 
 if __name__ == "__main__":

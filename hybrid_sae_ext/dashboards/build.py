@@ -81,9 +81,9 @@ def build_dashboards(cfg: DashboardConfig, stop_after_batches: int | None = None
         seconds["weights"] = time.perf_counter() - mark
         mark = time.perf_counter()
         data = DashboardData(out)
-        write_site(data, out / "site")
+        write_site(data, out / "site", progress=cfg.progress)
         seconds["site"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        write_exports(data, out / "exports")
+        write_exports(data, out / "exports", progress=cfg.progress)
         seconds["exports"] = time.perf_counter() - mark
     return BuildReport(out, plan.tokens, source.d_sae, seconds)

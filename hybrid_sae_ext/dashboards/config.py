@@ -10,15 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybrid_sae_ext.activations.tokens import EMBEDDED_CORPUS
+from hybrid_sae_ext.pretrained import DEFAULT_SAE_PATH
 
 
 @dataclass
 class DashboardConfig:
     """One dashboard build: which SAE, over which tokens, and how much to keep per latent."""
 
-    sae_path: str
-    """Folder of a saved SAELens SAE (cfg.json + sae_weights.safetensors); model and hook come from its metadata."""
-    out: str
+    sae_path: str = str(DEFAULT_SAE_PATH)
+    """Folder of a saved SAELens SAE (cfg.json + sae_weights.safetensors); model and hook come from its metadata.
+    Default: the shipped pretrained hybrid SAE of the embedded model."""
+    out: str = "results/dashboards"
     """Output folder: statistics (stats.safetensors, dashboard.json), the static site (site/) and exports."""
     tokens: int = 100_000
     """Token positions to run through the SAE (whole rows of the SAE's context size; BOS positions excluded)."""

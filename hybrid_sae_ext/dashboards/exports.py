@@ -16,6 +16,7 @@ from typing import Any
 
 from hybrid_sae_ext.dashboards.records import DashboardData
 from hybrid_sae_ext.io import atomic_path
+from hybrid_sae_ext.progress import progress_bar
 
 FEATURES_PER_BATCH = 128
 CREATOR_ID = "hybrid-sae-ext"
@@ -128,14 +129,15 @@ def neuronpedia_rows(feature: dict[str, Any], data: DashboardData, record: dict[
     return row, activations
 
 
-def write_exports(data: DashboardData, folder: Path) -> Path:
+def write_exports(data: DashboardData, folder: Path, progress: bool = False) -> Path:
     """Write ``saedashboard/batch-N.json`` and ``neuronpedia/<model>/<source>/...`` under ``folder``."""
     created = datetime.now(timezone.utc).isoformat()
     layer = source_id(data)
     name = data.meta["model_name"]
     model_id = neuronpedia_model_id(name)
     neuronpedia = Path(folder) / "neuronpedia" / model_id / layer
-    for start in range(0, data.d_sae, FEATURES_PER_BATCH):
+    starts = range(0, data.d_sae, FEATURES_PER_BATCH)
+    for start in progress_bar(starts, desc="dashboard exports", unit="batch", enabled=progress):
         latents = range(start, min(start + FEATURES_PER_BATCH, data.d_sae))
         records = [data.record(i) for i in latents]
         features = [saedashboard_feature(r, data) for r in records]

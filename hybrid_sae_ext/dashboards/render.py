@@ -18,6 +18,7 @@ from typing import Any
 
 from hybrid_sae_ext.dashboards.records import DashboardData
 from hybrid_sae_ext.io import fsync_dir
+from hybrid_sae_ext.progress import progress_bar
 
 ASSETS = Path(__file__).parent / "assets"
 SITE_ASSETS = ("common.js", "dashboard.css", "latent.js", "index.js")
@@ -114,7 +115,7 @@ def density_figure(data: DashboardData, width: int = 640, height: int = 150) -> 
             f'Dead latents (not on the axis): <span id="dead-count">{hist["dead"]}</span>.</figcaption></figure>')
 
 
-def write_site(data: DashboardData, site: Path) -> Path:
+def write_site(data: DashboardData, site: Path, progress: bool = False) -> Path:
     """Write the whole site into a staging folder, check page sizes, then swap it in for ``site``."""
     site = Path(site)
     parent = site.parent
@@ -129,7 +130,7 @@ def write_site(data: DashboardData, site: Path) -> Path:
     pages = {index_page_name(p): index_page(data, p, n_pages) for p in range(n_pages)}
     for name, text in pages.items():
         _write_page(staging / name, text)
-    for latent in range(data.d_sae):
+    for latent in progress_bar(range(data.d_sae), desc="dashboard site", unit="page", enabled=progress):
         _write_page(staging / "latents" / latent_page_name(latent), latent_page(data, latent))
     fsync_dir(staging)
     if site.exists():

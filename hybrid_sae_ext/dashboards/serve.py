@@ -24,16 +24,17 @@ from hybrid_sae_ext.cli_errors import cli_main, parse_config
 from hybrid_sae_ext.dashboards.live import LiveModel
 from hybrid_sae_ext.dashboards.server import create_app
 from hybrid_sae_ext.dashboards.source import load_source
+from hybrid_sae_ext.pretrained import DEFAULT_SAE_PATH
 
 
 @dataclass
 class ServeConfig:
     """Where the SAE and its dashboards are, and where to listen."""
 
-    sae_path: str
-    """Folder of the saved SAE (cfg.json + sae_weights.safetensors)."""
-    dashboards: str
-    """Folder written by scripts/build_dashboards.py (its site/ is served at /dashboards/)."""
+    sae_path: str = str(DEFAULT_SAE_PATH)
+    """Folder of the saved SAE (cfg.json + sae_weights.safetensors); default: the shipped pretrained hybrid SAE."""
+    dashboards: str | None = None
+    """Folder written by scripts/build_dashboards.py (its site/ is served at /dashboards/); none: the live page only."""
     host: str = "127.0.0.1"
     """Interface to bind; the default keeps the demo on this machine."""
     port: int = 8000
@@ -55,7 +56,20 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     app = create_app(LiveModel(load_source(cfg.sae_path, cfg.device)), cfg.dashboards)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    AnnouncingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning")).run()
+
+
+class AnnouncingServer(uvicorn.Server):
+    """uvicorn's server, which at log level ``warning`` says nothing: this one prints where to point the browser
+    once its socket accepts connections (the bound port, so ``--port 0`` prints the one it got)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.should_exit or not self.servers:  # the bind failed; uvicorn has said why
+            return
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+        print(f"live demo on http://{shown}:{port}/ (press Ctrl+C to stop)", flush=True)
 
 
 def free_port() -> int:
@@ -65,12 +79,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def demo_process(sae_path: Path | str, dashboards: Path | str, timeout_s: float = 120.0) -> Iterator[str]:
+def demo_process(sae_path: Path | str, dashboards: Path | str | None, timeout_s: float = 120.0) -> Iterator[str]:
     """Run the demo in its own process on a free 127.0.0.1 port; yield its URL once ``/health`` answers."""
     port = free_port()
+    dashboard_args = ["--dashboards", str(dashboards)] if dashboards is not None else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "hybrid_sae_ext.dashboards.serve", "--sae_path", str(sae_path),
-         "--dashboards", str(dashboards), "--port", str(port)],
+        [sys.executable, "-m", "hybrid_sae_ext.dashboards.serve", "--sae_path", str(sae_path), *dashboard_args,
+         "--port", str(port)],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -93,10 +93,19 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{where}: {error.get('msg', 'invalid')}"
 
 
-def create_app(live: LiveModel, dashboards: Path | str) -> FastAPI:
-    """The demo app over a loaded model; ``dashboards`` is a folder written by ``build_dashboards``."""
-    site = Path(dashboards) / "site"
-    if not (site / "index.html").is_file():
+NO_DASHBOARDS_PAGE = (
+    "<!doctype html><meta charset=\"utf-8\"><title>No dashboards</title>"
+    "<p>This demo was started without dashboards. Build them with <code>python scripts/build_dashboards.py "
+    "--sae_path SAE --out results/dashboards</code> (no --sae_path: the shipped pretrained SAE) and start the demo "
+    "with <code>--dashboards results/dashboards</code>.</p><p><a href=\"/\">back to the live page</a></p>"
+)
+
+
+def create_app(live: LiveModel, dashboards: Path | str | None) -> FastAPI:
+    """The demo app over a loaded model; ``dashboards`` is a folder written by ``build_dashboards`` (None: the
+    live page only, and every dashboard link answers a page that says how to build them)."""
+    site = Path(dashboards) / "site" if dashboards is not None else None
+    if site is not None and not (site / "index.html").is_file():
         raise ValueError(f"{site}: no dashboard site here; build it with scripts/build_dashboards.py --out {dashboards}")
     app = FastAPI(title="hybrid-sae-ext live demo", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit)
@@ -133,5 +142,10 @@ def create_app(live: LiveModel, dashboards: Path | str) -> FastAPI:
         return FileResponse(ASSETS / "live.html")
 
     app.mount("/assets", StaticFiles(directory=ASSETS), name="assets")
-    app.mount("/dashboards", StaticFiles(directory=site, html=True), name="dashboards")
+    if site is None:
+        @app.get("/dashboards/{path:path}")
+        def no_dashboards(path: str) -> HTMLResponse:
+            return HTMLResponse(NO_DASHBOARDS_PAGE, status_code=404)
+    else:
+        app.mount("/dashboards", StaticFiles(directory=site, html=True), name="dashboards")
     return app

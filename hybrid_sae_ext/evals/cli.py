@@ -49,6 +49,8 @@ class EvaluateSAEConfig:
     """Firing frequency above which a latent counts as dense."""
     device: str = "cpu"
     """Device for the model and the SAE."""
+    progress: bool = True
+    """Show a progress bar (a line every 30 s when stderr is not a terminal)."""
 
     def __post_init__(self) -> None:
         check_path_text(self.sae_path, "--sae_path")
@@ -92,6 +94,7 @@ def evaluate_from_config(cfg: EvaluateSAEConfig) -> SpliceEvalResult:
         batch_size=cfg.batch_size,
         exclude_special_tokens=cfg.exclude_special_tokens,
         dense_threshold=cfg.dense_threshold,
+        progress=cfg.progress,
     )
     write_json_atomic(cfg.output_path, {"config": asdict(cfg), **result.to_dict()})
     return result

@@ -222,7 +222,9 @@ def evaluate(model: HookedTransformer, sae: SAE[Any], cfg: TrainScriptConfig, co
     tokens = load_eval_tokens(
         model, split="validation", context_size=context_size, n_rows=cfg.eval_batches * cfg.eval_batch_size
     )
-    return evaluate_sae(model, sae, tokens, cfg.hook_name, batch_size=cfg.eval_batch_size)
+    return evaluate_sae(
+        model, sae, tokens, cfg.hook_name, batch_size=cfg.eval_batch_size, progress=cfg.train.progress_bar
+    )
 
 
 def train_and_save(
@@ -275,6 +277,5 @@ def main(argv: list[str] | None = None) -> None:
             f"({run.tokens_per_second:,.0f} tokens/s); saved the SAE to {cfg.out}"
         )
         if run.evaluation is not None:
-            metrics = run.evaluation.summary()
-            print(", ".join(f"{k}={metrics[k]:.4g}" for k in ("ce_loss_recovered", "explained_variance", "l0_mean")))
             print(f"wrote {Path(cfg.out) / EVAL_FILE}")
+            print(run.evaluation.headline())

@@ -53,6 +53,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = subprocess.run(command, env=_env(tmp), capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tokens/s" in done.stdout
+    (tmp / "stdout.txt").write_text(done.stdout)
     return tmp
 
 
@@ -69,6 +70,22 @@ def test_cli_writes_a_saelens_sae_and_its_evaluation(reference: Path) -> None:
     training = evaluation["training"]
     assert training["steps"] == STEPS and training["tokens_this_run"] == STEPS * 1024 and training["seconds_this_run"] > 0
     assert training["tokens_per_second"] == pytest.approx(training["tokens_this_run"] / training["seconds_this_run"])
+
+
+def test_run_ends_with_one_line_of_the_headline_metrics(reference: Path) -> None:
+    """The last line: CE recovered, KL, FVU, EV, L0 and dead latents, as eval.json has them; no TransformerLens
+    'Moving model to device' chatter before it."""
+    stdout = (reference / "stdout.txt").read_text()
+    evaluation = json.loads((reference / "out" / "eval.json").read_text())
+    pattern = (r"ce_loss_recovered=(\S+), kl_div=(\S+), fvu=(\S+), explained_variance=(\S+), l0_mean=(\S+), "
+               r"dead=(\d+)/(\d+) \((\S+)%\)")
+    match = re.fullmatch(pattern, stdout.splitlines()[-1])
+    assert match, stdout.splitlines()[-1]
+    names = ("ce_loss_recovered", "kl_div_with_sae", "fvu", "explained_variance", "l0_mean")
+    for name, text in zip(names, match.groups()):
+        assert float(text) == pytest.approx(evaluation[name], abs=1e-4), name
+    assert (int(match[6]), int(match[7])) == (evaluation["n_dead"], evaluation["d_sae"])
+    assert "Moving model to device" not in stdout and "Changing model dtype" not in stdout
 
 
 def test_wandb_offline_writes_a_run_folder(reference: Path) -> None:
