@@ -22,6 +22,9 @@ MAX_NEW_TOKENS = 64
 MAX_ABS_STRENGTH = 1000.0
 """Largest |strength| for steering; beyond it the residual stream is noise, not a feature."""
 STEER_MODES = ("add", "clamp")
+GREEDY_BELOW_TEMPERATURE = 1e-4
+"""Temperatures below this sample greedily: ``logits / temperature`` would overflow float32 near 1e-37, and
+already at 1e-4 the sampled distribution is the argmax at float precision."""
 
 
 class LiveModel:
@@ -105,7 +108,7 @@ class LiveModel:
         with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
             for _ in range(max_new_tokens):
                 logits = model(tokens[:, -model.cfg.n_ctx :])[0, -1].float()
-                if temperature == 0:
+                if temperature < GREEDY_BELOW_TEMPERATURE:
                     next_token = logits.argmax().view(1, 1)
                 else:
                     probs = torch.softmax(logits / temperature, -1)
