@@ -63,6 +63,9 @@ class DashboardConfig:
     """torch intra-op threads for the build (0: torch's default). On a CPU shared with other work, 1 is often faster."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    overwrite: bool = False
+    """Build into an --out that already holds files (a finished build, or anything else): its site/, exports/
+    and statistics are replaced. Without it only an empty folder or this build's own unfinished state is used."""
 
     def __post_init__(self) -> None:
         positive = ("tokens", "batch_rows", "n_top", "quantile_groups", "examples_per_group", "sample_size",
