@@ -110,7 +110,10 @@ def check_output_locations(cfg: TrainScriptConfig) -> None:
         folders["--checkpoint_dir"] = str(cfg.train.checkpoint_dir)
     resolved: dict[Path, str] = {}
     for flag, folder in folders.items():
-        path = check_output_dir(folder, flag).resolve()
+        if flag == "--cache_dir" and is_finished_cache(folder):  # only read: read-only storage is fine
+            path = check_path_text(folder, flag).resolve()
+        else:
+            path = check_output_dir(folder, flag).resolve()
         if path in resolved:
             raise ValueError(f"{resolved[path]} and {flag} are the same folder {folder!r}; give each its own folder")
         resolved[path] = flag
@@ -121,6 +124,11 @@ def check_output_locations(cfg: TrainScriptConfig) -> None:
             f"--out={cfg.out!r} already holds an SAE or its results ({', '.join(existing)}); "
             "pass --overwrite to replace them, or choose another folder"
         )
+
+
+def is_finished_cache(folder: str) -> bool:
+    """A complete activation cache is there: training only reads it (no lock, no write check)."""
+    return (Path(folder) / MANIFEST_FILE).is_file() and read_manifest(folder).complete
 
 
 def lock_output_folders(cfg: TrainScriptConfig, locks: contextlib.ExitStack) -> None:
@@ -162,7 +170,8 @@ def check_checkpoint_dir(cfg: TrainScriptConfig) -> None:
 
 def ensure_cache(cfg: TrainScriptConfig, model: HookedTransformer, show_progress: bool) -> None:
     """Capture ``cfg.cache_dir`` unless a finished cache is there (an unfinished one is resumed)."""
-    if (Path(cfg.cache_dir) / MANIFEST_FILE).exists() and (manifest := read_manifest(cfg.cache_dir)).complete:
+    if is_finished_cache(cfg.cache_dir):
+        manifest = read_manifest(cfg.cache_dir)
         print(f"using the finished cache {cfg.cache_dir} ({manifest.total_tokens} tokens; --tokens is not used)")
         return
     capture = CaptureConfig(

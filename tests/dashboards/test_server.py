@@ -160,3 +160,14 @@ def test_slow_clients_are_timed_out_and_connections_are_capped(hybrid_sae_path: 
             assert busy.status_code == 503
             assert _closed_within(half_headers, 5) < 5 and _closed_within(half_body, 5) < 5
         assert httpx.get(f"{url}/health").json()["status"] == "ok"
+
+
+def test_characters_split_over_byte_tokens_are_decoded_as_the_span_is(client: TestClient) -> None:
+    """``é``, ``日`` and ``😀`` are several byte tokens each: the tokens add up to the text (no U+FFFD), the
+    character shows on the token that completes it, and each token's raw bytes come along for the tooltip."""
+    text = "café 日本 😀"
+    answer = client.post("/api/activations", json={"text": text}).json()
+    assert "".join(answer["tokens"]) == text and "\ufffd" not in "".join(answer["tokens"])
+    assert bytes.fromhex(" ".join(answer["token_bytes"])) == text.encode("utf-8")
+    assert len(answer["tokens"]) == len(answer["token_bytes"]) == len(answer["features"]) > len(text)
+    assert answer["tokens"][answer["token_bytes"].index("a9")] == "é"

@@ -284,3 +284,33 @@ def test_a_full_disk_at_the_final_save_names_out_and_keeps_the_weights(
         assert SAE.load_from_disk(kept.group(1)).cfg.d_sae == 256
     finally:
         shutil.rmtree(kept.group(1))
+
+
+@pytest.fixture
+def read_only_cache(reference: Path, tmp_path: Path):
+    """The reference's finished cache behind a read-only bind mount (root ignores file modes, not ro mounts)."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    mount = tmp_path / "ro-cache"
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", str(reference.parent / "cache"), str(mount)], check=False).returncode:
+        pytest.skip("cannot bind-mount here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=False).returncode:
+            pytest.skip("cannot remount read-only here")
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+def test_a_finished_cache_on_read_only_storage_trains(
+    reference: Path, tmp_path: Path, read_only_cache: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(OSError):
+        (read_only_cache / "probe").write_text("x")
+    args = _quick(reference, tmp_path, "--out", str(tmp_path / "out"))
+    assert args[0] == "--cache_dir"
+    args[1] = str(read_only_cache)
+    main(args)
+    assert f"using the finished cache {read_only_cache}" in capsys.readouterr().out
+    assert SAE.load_from_disk(str(tmp_path / "out")).cfg.d_sae == 256

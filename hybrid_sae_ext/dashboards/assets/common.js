@@ -28,14 +28,14 @@ function histogram(container, hist, cls) {
 // Newlines and tabs drawn visibly, so an example stays on one line.
 function shownToken(token) { return token.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192"); }
 // Tokens of a text, each shaded by its value relative to `scale`.
-function tokenLine(tokens, values, scale, centre) {
+function tokenLine(tokens, values, scale, centre, bytes) {
   const line = el("span");
   tokens.forEach((token, i) => {
     const v = values[i] || 0;
     const alpha = scale > 0 ? Math.min(1, v / scale) : 0;
     const span = el("span", {
       class: "tok" + (i === centre ? " centre" : ""), "data-value": String(v),
-      style: "background: rgba(231, 111, 40, " + alpha.toFixed(3) + ")", title: "activation " + v,
+      style: "background: rgba(231, 111, 40, " + alpha.toFixed(3) + ")", title: "activation " + v + (bytes ? " | bytes " + bytes[i] : ""),
     });
     span.textContent = shownToken(token);
     line.appendChild(span);

@@ -15,7 +15,7 @@
     try {
       const acts = await post("/api/activations", { text: text, feature: feature });
       const peak = Math.max(0, ...acts.values);
-      $("tokens").replaceChildren(tokenLine(acts.tokens, acts.values, peak, -1));
+      $("tokens").replaceChildren(tokenLine(acts.tokens, acts.values, peak, -1, acts.token_bytes));
       const found = await post("/api/search", { text: text, top: 10 });
       $("search").tBodies[0].replaceChildren(...found.features.map((f) => el("tr", { "data-feature": String(f.feature) }, [
         el("td", {}, [el("a", { href: "/dashboards/latents/" + pad5(f.feature) + ".html", text: "#" + f.feature })]),
