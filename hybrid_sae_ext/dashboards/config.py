@@ -7,7 +7,6 @@ build with one line naming the value before any model forward pass runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from hybrid_sae_ext.activations.tokens import EMBEDDED_CORPUS
 from hybrid_sae_ext.pretrained import DEFAULT_SAE_PATH
@@ -65,6 +64,9 @@ class DashboardConfig:
     """torch intra-op threads for the build (0: torch's default). On a CPU shared with other work, 1 is often faster."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    overwrite: bool = False
+    """Build into an --out that already holds files (a finished build, or anything else): its site/, exports/
+    and statistics are replaced. Without it only an empty folder or this build's own unfinished state is used."""
 
     def __post_init__(self) -> None:
         positive = ("tokens", "batch_rows", "n_top", "quantile_groups", "examples_per_group", "sample_size",

@@ -9,7 +9,6 @@ folder and renamed into place, so a crash never leaves half a site under the fin
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid_sae_ext.dashboards.records import DashboardData
-from hybrid_sae_ext.io import fsync_dir
+from hybrid_sae_ext.io import fsync_dir, json_text
 from hybrid_sae_ext.progress import progress_bar
 
 ASSETS = Path(__file__).parent / "assets"
@@ -37,7 +36,7 @@ def index_page_name(page: int) -> str:
 
 def embed_json(payload: Any) -> str:
     """JSON safe inside a ``<script>`` element (no ``</script>`` can close it early)."""
-    return json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
+    return json_text(payload, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
 
 
 def _page(title: str, prefix: str, data_id: str, payload: Any, body: str, script: str) -> str:

@@ -6,6 +6,7 @@ does, over HTTP to the real server, not to an app object inside the test.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -13,16 +14,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hybrid_sae_ext.cli_errors import cli_main, parse_config
 from hybrid_sae_ext.dashboards.live import LiveModel
-from hybrid_sae_ext.dashboards.server import create_app
+from hybrid_sae_ext.dashboards.server import LOOPBACK_NAMES, create_app
 from hybrid_sae_ext.dashboards.source import load_source
 from hybrid_sae_ext.pretrained import DEFAULT_SAE_PATH
 
@@ -42,12 +45,78 @@ class ServeConfig:
     threads: int = 1
     """torch intra-op threads (0: torch's default). One request's tensors are small; with 1 thread a busy CPU
     cannot stall it on thread synchronisation (measured: 57 ms vs 850 ms per 128-token request on a loaded 2-core CPU)."""
+    trusted_hosts: list[str] = field(default_factory=list)
+    """Host names (besides --host, and the loopback names when --host is loopback or a wildcard) that clients
+    may put in the Host header; any other name is refused (DNS rebinding)."""
+    request_timeout_s: float = 10.0
+    """A request's headers and body must arrive within this many seconds of the connection (or of the
+    previous response), else the connection is closed."""
+    max_connections: int = 32
+    """Open connections and requests in flight at most; uvicorn answers more with 503."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got port={self.port}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: torch's default), got threads={self.threads}")
+        if not 0 < self.request_timeout_s <= 3600:
+            raise ValueError(f"--request_timeout_s={self.request_timeout_s}: must be in (0, 3600] seconds")
+        if self.max_connections < 1:
+            raise ValueError(f"--max_connections={self.max_connections}: must be an integer >= 1")
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """The names the demo answers to: --host, --trusted_hosts, and loopback names for a local bind."""
+        local = self.host in LOOPBACK_NAMES or self.host in ("0.0.0.0", "::", "")
+        return sorted({self.host, *self.trusted_hosts, *(LOOPBACK_NAMES if local else ())} - {"", "0.0.0.0", "::"})
+
+
+def timed_protocol(timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline for each request to arrive whole (headers and body).
+
+    Why: uvicorn never times out a client that sends half its headers or holds a body open, so a few such
+    connections can hold the demo. The deadline starts when the connection opens or a response ends; a
+    request still incomplete then has its connection closed (an app awaiting its body sees a disconnect).
+    """
+
+    class TimedH11Protocol(H11Protocol):
+        deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self.deadline = self.loop.call_later(timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+
+        def _waiting_for_request(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete or self.cycle.more_body
+
+        def _expire(self) -> None:
+            if self._waiting_for_request() and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:  # noqa: D102
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:  # noqa: D102
+            super().handle_events()
+            if not self._waiting_for_request():
+                self._disarm()
+
+        def on_response_complete(self) -> None:  # noqa: D102
+            super().on_response_complete()
+            if self._waiting_for_request():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+            self._disarm()
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
 
 
 @cli_main
@@ -55,8 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ServeConfig, argv)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    app = create_app(LiveModel(load_source(cfg.sae_path, cfg.device)), cfg.dashboards)
-    AnnouncingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning")).run()
+    app = create_app(LiveModel(load_source(cfg.sae_path, cfg.device)), cfg.dashboards, cfg.allowed_hosts)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                            http=timed_protocol(cfg.request_timeout_s), limit_concurrency=cfg.max_connections)
+    AnnouncingServer(config).run()
 
 
 class AnnouncingServer(uvicorn.Server):
@@ -79,13 +150,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def demo_process(sae_path: Path | str, dashboards: Path | str | None, timeout_s: float = 120.0) -> Iterator[str]:
+def demo_process(sae_path: Path | str, dashboards: Path | str | None, timeout_s: float = 120.0,
+                 extra_args: tuple[str, ...] = ()) -> Iterator[str]:
     """Run the demo in its own process on a free 127.0.0.1 port; yield its URL once ``/health`` answers."""
     port = free_port()
     dashboard_args = ["--dashboards", str(dashboards)] if dashboards is not None else []
     process = subprocess.Popen(
         [sys.executable, "-m", "hybrid_sae_ext.dashboards.serve", "--sae_path", str(sae_path), *dashboard_args,
-         "--port", str(port)],
+         "--port", str(port), *extra_args],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )

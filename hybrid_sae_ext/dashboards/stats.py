@@ -49,7 +49,7 @@ from hybrid_sae_ext.progress import progress_bar
 
 STATE_FILE = ".stats-state.safetensors"
 STATS_FILE = "stats.safetensors"
-OUTPUT_ONLY = {"out", "progress", "device", "checkpoint_every", "threads"}
+OUTPUT_ONLY = {"out", "progress", "device", "checkpoint_every", "threads", "overwrite"}
 
 
 @dataclasses.dataclass

@@ -2,8 +2,9 @@
 
 Why: the script stays a thin argument parser, and the load-evaluate-write path is testable
 in-process. The SAE folder is read with ``SAE.load_from_disk`` (any registered architecture,
-``hybrid`` included, since importing ``hybrid_sae_ext`` registers it); the model is loaded by
-name with ``hybrid_sae_ext.models.load_model``, so the embedded default works offline.
+``hybrid`` included, since importing ``hybrid_sae_ext`` registers it); the model is the one the SAE's
+metadata names (never silently another), loaded with ``hybrid_sae_ext.models.load_model``, so the
+embedded default works offline.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class EvaluateSAEConfig:
 
     sae_path: str
     """Folder written by SAELens' ``save_model`` (cfg.json + sae_weights.safetensors)."""
-    model_name: str = TINY_LM_NAME
-    """Model name or folder for ``hybrid_sae_ext.models.load_model``."""
+    model_name: str | None = None
+    """Model name or folder for ``hybrid_sae_ext.models.load_model``; default the SAE's own
+    ``metadata.model_name`` (the embedded default when the SAE names none). Given, it overrides the SAE's."""
     output: str | None = None
     """JSON file for the metrics; default ``<sae_path>/splice_eval.json``."""
     dataset: str = str(CORPUS_DIR)
@@ -81,7 +83,8 @@ def evaluate_from_config(cfg: EvaluateSAEConfig) -> SpliceEvalResult:
     """Load the SAE, the model and the tokens, evaluate, and write ``cfg.output_path`` atomically."""
     cfg.check_output()
     sae = load_sae_folder(cfg.sae_path, device=cfg.device)
-    model = load_model(cfg.model_name, device=cfg.device)
+    model_name = cfg.model_name or sae.cfg.metadata.model_name or TINY_LM_NAME
+    model = load_model(model_name, device=cfg.device)
     context_size = cfg.context_size or sae.cfg.metadata.context_size or model.cfg.n_ctx
     tokens = load_eval_tokens(
         model, cfg.dataset, cfg.split, context_size=context_size, n_rows=cfg.batch_size * cfg.n_batches
@@ -96,5 +99,5 @@ def evaluate_from_config(cfg: EvaluateSAEConfig) -> SpliceEvalResult:
         dense_threshold=cfg.dense_threshold,
         progress=cfg.progress,
     )
-    write_json_atomic(cfg.output_path, {"config": asdict(cfg), **result.to_dict()})
+    write_json_atomic(cfg.output_path, {"config": asdict(cfg), "model_name": model_name, **result.to_dict()})
     return result

@@ -169,6 +169,20 @@ def test_bad_build_inputs_are_refused_before_any_work(hybrid_sae_path: Path, tmp
     assert not (tmp_path / "out" / "stats.safetensors").exists()
 
 
+def test_an_out_with_files_is_refused_unless_overwrite(hybrid_sae_path: Path, tmp_path: Path) -> None:
+    """A build never silently replaces an existing site/ (with the user's files in it), vocab.json or exports/."""
+    out = tmp_path / "out"
+    (out / "site").mkdir(parents=True)
+    (out / "site" / "my-notes.txt").write_text("mine")
+    (out / "vocab.json").write_text("[]")
+    with pytest.raises(ValueError, match=rf"--out='{out}' already holds files \(site, vocab\.json\); pass --overwrite"):
+        build_dashboards(dashboard_config(hybrid_sae_path, out))
+    assert (out / "site" / "my-notes.txt").read_text() == "mine" and (out / "vocab.json").read_text() == "[]"
+    assert sorted(p.name for p in out.iterdir()) == ["site", "vocab.json"]
+    assert build_dashboards(dashboard_config(hybrid_sae_path, out, overwrite=True)) is not None
+    assert (out / "site" / "index.html").is_file() and not (out / "site" / "my-notes.txt").exists()
+
+
 def test_a_second_builder_on_a_locked_folder_is_refused(hybrid_sae_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

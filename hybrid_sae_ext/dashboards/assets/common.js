@@ -40,12 +40,12 @@ function tokenChip(token, cls, tooltip) {
   return chip;
 }
 // Tokens of a text, each shaded by its value relative to `scale`; the lines wrap between tokens.
-function tokenLine(tokens, values, scale, centre) {
+function tokenLine(tokens, values, scale, centre, bytes) {
   const line = el("span", { class: "tokens" });
   tokens.forEach((token, i) => {
     const v = values[i] || 0;
     const alpha = scale > 0 ? Math.min(1, v / scale) : 0;
-    const chip = tokenChip(token, i === centre ? "centre" : "", "activation " + v);
+    const chip = tokenChip(token, i === centre ? "centre" : "", "activation " + v + (bytes ? " | bytes " + bytes[i] : ""));
     chip.dataset.value = String(v);
     chip.style.background = "rgba(231, 111, 40, " + alpha.toFixed(3) + ")";
     line.appendChild(chip);

@@ -34,7 +34,7 @@
     popup.style.top = (box.bottom + window.scrollY) + "px";
   }
   function showTokens(acts) {
-    const line = tokenLine(acts.tokens, acts.values, Math.max(0, ...acts.values), -1);
+    const line = tokenLine(acts.tokens, acts.values, Math.max(0, ...acts.values), -1, acts.token_bytes);
     [...line.children].forEach((chip, i) => {
       chip.tabIndex = 0;
       const show = () => showLatents(chip, acts.tokens[i], acts.features[i], acts.feature);
