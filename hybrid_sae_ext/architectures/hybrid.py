@@ -35,15 +35,18 @@ a bias moves about ``lr`` per step: climbing from ``b_gate = -100`` takes about 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput, TrainStepOutput
 from torch import Tensor, nn
 from typing_extensions import override
 
 from hybrid_sae_ext.architectures.hybrid_config import HybridSAEConfig, HybridTrainingSAEConfig
+from hybrid_sae_ext.architectures.protocols import CandidateCodes, SparseCodes, SparseStep
+from hybrid_sae_ext.architectures.reduction import ALL_LATENTS, LatentReduction
 from hybrid_sae_ext.kernels import TopKSelection, get_kernels
 from hybrid_sae_ext.kernels.primitives import gathered_dot, take
 from hybrid_sae_ext.kernels.row_norms import inverse_row_norms
@@ -51,15 +54,6 @@ from hybrid_sae_ext.kernels.selection import select_topk
 
 TARGET_L0_THRESHOLD_RATE = 0.05
 """Per-step EMA rate of the adaptive gate threshold (``target_l0``): settles in ~1/rate steps."""
-
-
-class SparseCodes(NamedTuple):
-    """Codes of a batch in sparse form: at most ``k`` (value, latent) pairs per token."""
-
-    values: Float[Tensor, "... k"]
-    """Code values; zero where the gate stayed closed."""
-    indices: Int[Tensor, "... k"]
-    """Latent ids of the top-k gate candidates."""
 
 
 class HybridLosses(NamedTuple):
@@ -180,17 +174,23 @@ class _HybridMixin:
         if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
             raise ValueError("input activations contain NaN or Inf; refusing to encode them")
 
-    def encode_sparse(self, x: Float[Tensor, "... d_in"]) -> SparseCodes:
-        """Codes as (values, indices), each ``[..., k]``: the cheap form for large batches."""
+    def encode_candidates(self, x: Float[Tensor, "... d_in"]) -> CandidateCodes:
+        """Every top-k candidate of each token, ``[..., k]``: its code, latent id and gate pre-activation
+        (minus the adaptive threshold); what ``encode_sparse`` returns, with the gates it drops."""
         self._check_input(x)
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
         encode = get_kernels(self.kernel_backend).encode
         selection, _ = encode(
             self._flat(sae_in), self.W_enc, self.b_gate, self.cfg.k, selection_dtype=self.cfg.selection_dtype
         )
-        _, values = self._codes(selection, self._gate_threshold())
+        gate, values = self._codes(selection, self._gate_threshold())
         lead = sae_in.shape[:-1]
-        return SparseCodes(values.reshape(*lead, -1), selection.indices.reshape(*lead, -1))
+        return CandidateCodes(*(t.reshape(*lead, -1) for t in (values, selection.indices, gate)))
+
+    def encode_sparse(self, x: Float[Tensor, "... d_in"]) -> SparseCodes:
+        """Codes as (values, indices), each ``[..., k]``: the cheap form for large batches."""
+        codes = self.encode_candidates(x)
+        return SparseCodes(codes.values, codes.indices)
 
     def decode_sparse(self, codes: SparseCodes) -> Float[Tensor, "... d_in"]:
         """Decode sparse codes without building the dense code matrix."""
@@ -362,66 +362,81 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
 
+    def sparse_training_step(
+        self, x: Float[Tensor, "... d_in"], dead_mask: Tensor | None, coefficients: Mapping[str, float]
+    ) -> SparseStep:
+        """The ``SparseTrainingStep`` protocol (what the trainer calls): ``hybrid_forward``'s total loss."""
+        out = self.hybrid_forward(x, dead_mask, coefficients.get("l1"))
+        return SparseStep(out.losses.total(), out.sae_out, out.codes)
+
     def hybrid_forward(
         self,
         x: Float[Tensor, "... d_in"],
         dead_mask: Tensor | None = None,
         l1_coefficient: float | None = None,
+        latents: LatentReduction = ALL_LATENTS,
     ) -> HybridTrainOutput:
-        """The sparse training forward; ``dead_mask`` ([d_sae] bool) enables AuxK."""
+        """The sparse training forward; ``dead_mask`` ([d_sae] bool) enables AuxK.
+
+        ``latents`` says where the latents live: all here by default; the latent-sharded step passes its
+        rank's share (``distributed.sharded``), which selects across ranks, masks (``held``) the entries
+        other ranks hold and all-reduces (``sum``) every sum over latents. The loss is written once, here.
+        """
         self._check_input(x)
         kernels = get_kernels(self.kernel_backend)
         target = self._flat(x.to(self.dtype))
-        n_dead = 0 if dead_mask is None else int(dead_mask.sum())
+        n_dead = latents.count(0 if dead_mask is None else int(dead_mask.sum()))
         k_aux = min(self.cfg.effective_k_aux, n_dead)
         sae_in = self._flat(self.process_sae_in(x))
         # Where only b_dec needs the encoder's input gradient (no gradient wanted for x, no hook on the
         # input that could add a path), the encoder computes it directly (see ``sparse_encode``).
         bias_only = self.cfg.apply_b_dec_to_input and not x.requires_grad and not self.hook_sae_input._forward_hooks
-        sel, aux = kernels.encode(
-            sae_in.detach() if bias_only else sae_in, self.W_enc, self.b_gate, self.cfg.k, dead_mask, k_aux,
-            self.cfg.selection_dtype, self.b_dec if bias_only else None,
+        sel, aux = latents.encode(
+            kernels.encode, sae_in.detach() if bias_only else sae_in, self.W_enc, self.b_gate, self.cfg.k,
+            dead_mask, k_aux, self.cfg.selection_dtype, self.b_dec if bias_only else None,
         )
         # The gate's own terms see the un-thresholded gate, so the adaptive threshold cannot drag b_gate along.
         gate_pre, magnitude = self._gate_and_magnitude(sel)
         l0_penalty = gate_pre.new_zeros(())
         if self.cfg.gate_rule == "jump":
             # The step's gradient reaches the thresholds (b_gate) only, as in DeepMind's JumpReLU.
-            opened = _StraightThroughStep.apply(
+            opened = latents.held(sel, _StraightThroughStep.apply(
                 sel.values.detach() + take(self.b_gate, sel.indices), self.cfg.gate_bandwidth
-            )
+            ))
             t = self.cfg.target_l0
-            l0_penalty = self.cfg.l0_coefficient * 2 / t * (opened.sum(-1).mean() - t) ** 2
+            l0_penalty = self.cfg.l0_coefficient * 2 / t * (latents.sum(opened.sum(-1)).mean() - t) ** 2
             values = magnitude * opened
         else:
-            values = magnitude * (gate_pre - self._forward_threshold(gate_pre.detach()) > 0)
+            every_gate_pre = latents.sum(latents.held(sel, gate_pre.detach()))
+            values = latents.held(sel, magnitude * (gate_pre - self._forward_threshold(every_gate_pre) > 0))
         # The decodes use unit-norm rows and differentiate through the normalisation themselves, given
         # the inverse norms (see ``decoder_scales``); the gradient's norm term lands in W_dec's in place.
         W_dec = self.W_dec
         with torch.no_grad():
             scales = self.decoder_scales()
-        gate_act = torch.relu(gate_pre)
+        gate_act = latents.held(sel, torch.relu(gate_pre))
         # The gated auxiliary reconstruction trains the gate only: its decoder and b_dec are detached.
         decoded, gate_decoded = kernels.decode_pair(values, gate_act, sel.indices, W_dec, W_dec.detach(), scales)
-        sae_out = decoded + self.b_dec
+        sae_out = latents.sum(decoded) + self.b_dec
         mse = (sae_out - target).pow(2).sum(-1).mean()
-        via_gate = gate_decoded + self.b_dec.detach()
+        via_gate = latents.sum(gate_decoded) + self.b_dec.detach()
         gate_aux = self.cfg.gate_aux_coefficient * (via_gate - target).pow(2).sum(-1).mean()
         l1_coef = self.cfg.l1_coefficient if l1_coefficient is None else l1_coefficient
-        l1 = l1_coef * gate_act.sum(-1).mean()
+        l1 = l1_coef * latents.sum(gate_act.sum(-1)).mean()
 
         aux_k = mse.new_zeros(())
         if aux is not None:
             residual = (target - sae_out).detach()
-            aux_recon = kernels.decode(aux.values, aux.indices, W_dec, scales)
+            aux_recon = latents.sum(kernels.decode(latents.held(aux, aux.values), aux.indices, W_dec, scales))
             scale = min(n_dead / self.cfg.effective_k_aux, 1.0)
             aux_k = self.cfg.aux_k_coefficient * scale * (aux_recon - residual).pow(2).sum(-1).mean()
             dead_gate = aux.values.detach() + take(self.b_gate, aux.indices)
             along_row = gathered_dot(residual, W_dec.detach().t(), aux.indices) * take(scales, aux.indices)
-            gate_aux = gate_aux + self.cfg.gate_aux_coefficient * (dead_gate - along_row).pow(2).sum(-1).mean()
+            dead_gate_error = latents.held(aux, (dead_gate - along_row).pow(2)).sum(-1)
+            gate_aux = gate_aux + self.cfg.gate_aux_coefficient * latents.sum(dead_gate_error).mean()
 
         losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k, l0=l0_penalty)
-        return HybridTrainOutput(losses, sae_out, SparseCodes(values, sel.indices))
+        return HybridTrainOutput(losses, sae_out, SparseCodes(*latents.codes(sel, values)))
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:

@@ -3,7 +3,7 @@
 Why not SAELens' ``SAETrainer``: it checkpoints with ``torch.save`` (unpickling on load), keeps no
 RNG or data position, and has no gradient accumulation or non-finite checks. This trainer drives
 the same SAELens interface (``training_forward_pass``, ``get_coefficients``) so every registered
-architecture trains here, and takes the hybrid's sparse step (``hybrid_forward``) directly.
+architecture trains here, and takes an SAE's own sparse step where it has one (``SparseTrainingStep``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainStepInpu
 from torch import Tensor
 from tqdm import tqdm
 
-from hybrid_sae_ext.architectures.hybrid import HybridTrainingSAE
 from hybrid_sae_ext.architectures.build import build_training_sae as build_architecture_sae
-from hybrid_sae_ext.architectures.build import config_fields
+from hybrid_sae_ext.architectures.protocols import SparseTrainingStep
 from hybrid_sae_ext.distributed.data_parallel import DataParallel
 from hybrid_sae_ext.training.checkpoint import (
     Checkpoint,
@@ -66,14 +65,9 @@ class TrainResult:
 
 
 def build_training_sae(cfg: TrainConfig, d_in: int) -> TrainingSAE[Any]:
-    """The registered training SAE for ``cfg.architecture``, seeded, with the config's k / L1 where it has them."""
-    names = config_fields(cfg.architecture)
-    fields: dict[str, Any] = {"k": cfg.k} if "k" in names else {}
-    if "l1_coefficient" in names and cfg.l1_coefficient is not None:
-        fields["l1_coefficient"] = cfg.l1_coefficient
-    if cfg.target_l0 is not None:
-        fields["target_l0"] = cfg.target_l0
-    return build_architecture_sae(cfg.architecture, d_in, cfg.d_sae, device=cfg.device, seed=cfg.seed, **fields)
+    """The registered training SAE for ``cfg.architecture``, seeded, with the fields ``cfg.sae_fields()`` sets."""
+    return build_architecture_sae(cfg.architecture, d_in, cfg.d_sae, device=cfg.device, seed=cfg.seed,
+                                  **cfg.sae_fields())
 
 
 def _coefficient_value(coefficient: float | TrainCoefficientConfig, step: int) -> float:
@@ -142,11 +136,11 @@ class Trainer:
     def _micro_forward(self, x: Tensor, dead_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Loss, per-latent fired mask, summed L0 and the reconstruction for one micro-batch."""
         coefficients = {name: _coefficient_value(c, self.step) for name, c in self.coefficients.items()}
-        if isinstance(self.sae, HybridTrainingSAE):
-            out = self.sae.hybrid_forward(x, dead_mask, coefficients.get("l1"))
-            firing = out.codes.values > 0
-            fired = torch.zeros_like(dead_mask).index_fill_(0, out.codes.indices[firing], True)
-            return out.losses.total(), fired, firing.sum(), out.sae_out
+        if isinstance(self.sae, SparseTrainingStep):
+            step = self.sae.sparse_training_step(x, dead_mask, coefficients)
+            firing = step.codes.values != 0
+            fired = torch.zeros_like(dead_mask).index_fill_(0, step.codes.indices[firing], True)
+            return step.loss, fired, firing.sum(), step.sae_out
         out = self.sae.training_forward_pass(
             TrainStepInput(
                 sae_in=x, coefficients=coefficients, dead_neuron_mask=dead_mask,
