@@ -36,6 +36,7 @@ def _full_sae(**gate: Any) -> HybridTrainingSAE:
     with torch.no_grad():
         for p in (sae.b_gate, sae.b_mag, sae.r_mag, sae.b_dec):
             p.normal_(std=0.1)
+        sae.b_gate.sub_(0.25)  # some top-k candidates keep their gate shut (pi_gate <= 0)
     return sae
 
 
@@ -71,6 +72,8 @@ def _matches_reference(rank: int, init_file: str, results: str) -> None:
                 bandwidth=cfg.gate_bandwidth,
             )
             ref.total().backward()
+            shut = ref.candidates & (ref.pi_gate <= 0)
+            assert shut.any() and (ref.candidates & ~shut).any(), "some gates open, some shut"
 
             sharded = ShardedHybridSAE(full)
             out = sharded.forward_train(x, dead_mask=dead[start:stop])
