@@ -73,7 +73,8 @@ def build_dashboards(cfg: DashboardConfig, stop_after_batches: int | None = None
         write_json_atomic(out / META_FILE, {
             "format": FORMAT, "sae_path": str(Path(cfg.sae_path).resolve()), "model_name": source.model_name,
             "hook_name": source.hook_name, "architecture": source.sae.cfg.architecture(), "d_sae": source.d_sae,
-            "d_in": int(source.sae.cfg.d_in), "tokens": plan.tokens, "rows": plan.rows,
+            "d_in": int(source.sae.cfg.d_in), "model_layers": int(source.model.cfg.n_layers),
+            "model_d_mlp": int(source.model.cfg.d_mlp or 0), "tokens": plan.tokens, "rows": plan.rows,
             "context_size": source.context_size, "bos_excluded": plan.skip_first, "config": dataclasses.asdict(cfg),
             "cofiring": source.d_sae <= cfg.max_cofiring_latents,
         })

@@ -33,7 +33,8 @@ from hybrid_sae_ext.architectures.reduction import Encode, LatentReduction
 
 _SHARDED_PARAMS = ("W_enc", "W_dec", "b_gate", "r_mag", "b_mag")
 """Per-latent parameters (``W_enc`` along dim 1); every other parameter and buffer is replicated."""
-_REPLICATED_PARAMS = ("b_dec",)
+_REPLICATED_PARAMS = ("b_dec", "refine_rate")
+"""Shared by every latent; ``refine_rate`` exists only where the SAE refines (``refine_steps``)."""
 
 
 def shard_bounds(d_sae: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -167,9 +168,9 @@ class ShardedHybridSAE(nn.Module):
         return self.sae.hybrid_forward(x, dead_mask, l1_coefficient, latents=self.share)
 
     def all_reduce_replicated_grads(self) -> None:
-        """Sum the per-rank shares of the replicated ``b_dec`` gradient."""
+        """Sum the per-rank shares of the replicated parameters' gradients."""
         for name in _REPLICATED_PARAMS:
-            grad = getattr(self.sae, name).grad
+            grad = getattr(getattr(self.sae, name, None), "grad", None)
             if grad is not None:
                 dist.all_reduce(grad, group=self.group)
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "architectures"))
-from hybrid_reference import PARAM_NAMES, leaf_params, reference_forward  # noqa: E402
+from hybrid_reference import leaf_params, param_names, reference_forward  # noqa: E402
 
 from hybrid_sae_ext import HybridTrainingSAE, HybridTrainingSAEConfig  # noqa: E402
 from hybrid_sae_ext.distributed import ShardedHybridSAE, shard_bounds  # noqa: E402
@@ -25,6 +25,7 @@ GATES: dict[str, dict[str, Any]] = {
     "token, target_l0": dict(target_l0=3.0),
     "batch": dict(target_l0=3.0, gate_rule="batch"),
     "jump": dict(target_l0=3.0, gate_rule="jump", l0_coefficient=0.4, gate_bandwidth=0.6),
+    "batch, refined": dict(target_l0=3.0, gate_rule="batch", refine_steps=2),
 }
 
 
@@ -85,9 +86,9 @@ def _matches_reference(rank: int, init_file: str, results: str) -> None:
             torch.testing.assert_close(out.sae_out, ref.sae_out, **F64)
             codes = torch.zeros(x.shape[0], D_SAE, dtype=torch.float64).scatter(1, out.codes.indices, out.codes.values)
             torch.testing.assert_close(codes, ref.codes, **F64)
-            for name in PARAM_NAMES:
+            for name in param_names(full):
                 want = params[name].grad
-                if name != "b_dec":
+                if name not in ("b_dec", "refine_rate"):  # replicated, the rest sliced by latent
                     want = want[:, start:stop] if name == "W_enc" else want[start:stop]
                 torch.testing.assert_close(getattr(sharded.sae, name).grad, want, **F64, msg=f"{gate}: d/d {name}")
         Path(results, f"ok{rank}").touch()
