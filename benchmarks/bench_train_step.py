@@ -3,7 +3,7 @@
 All SAEs run in ONE process on the SAME seeded activations (~k/2 of 4*d_in directions per token +
 a rank-8 part + noise, E||x||^2 = d_in) for the SAME number of Adam steps, each stepped like its
 own trainer does it: SAELens SAEs via ``training_forward_pass``, the hybrid via its sparse
-``hybrid_forward`` (what ``hybrid_sae_ext.training.Trainer`` calls), sparsify with
+``sparse_training_step`` (what ``hybrid_sae_ext.training.Trainer`` calls), sparsify with
 ``fvu + auxk_alpha * auxk_loss``, parallel-gradient removal and decoder renormalisation; all with
 grad clipping at 1.0 and the Adam of ``hybrid_sae_ext.training.optimizer.make_adam``.
 
@@ -42,7 +42,8 @@ from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from torch import Tensor, nn
 
-from hybrid_sae_ext import HybridSAE, HybridSAEConfig, HybridTrainingSAE, register_architectures
+from hybrid_sae_ext import HybridSAE, HybridSAEConfig, register_architectures
+from hybrid_sae_ext.architectures.protocols import SparseTrainingStep
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
 from hybrid_sae_ext.measure import (
     cpu_peak_method,
@@ -201,8 +202,8 @@ def saelens_contender(label: str, cfg: BenchConfig) -> Contender:
 
     def step(x: Tensor, dead: Tensor) -> None:
         with _autocast(label, cfg.device):
-            if isinstance(sae, HybridTrainingSAE):  # the project's trainer takes the sparse step directly
-                loss = sae.hybrid_forward(x, dead).losses.total()
+            if isinstance(sae, SparseTrainingStep):  # the project's trainer takes the sparse step directly
+                loss = sae.sparse_training_step(x, dead, coefficients).loss
             else:
                 loss = sae.training_forward_pass(TrainStepInput(
                     sae_in=x, coefficients=coefficients, dead_neuron_mask=dead,

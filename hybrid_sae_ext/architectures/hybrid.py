@@ -41,6 +41,7 @@ a bias moves about ``lr`` per step: climbing from ``b_gate = -100`` takes about 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -51,6 +52,8 @@ from typing_extensions import override
 
 from hybrid_sae_ext.architectures.gate_activation import GatedTopK
 from hybrid_sae_ext.architectures.hybrid_config import HybridSAEConfig, HybridTrainingSAEConfig
+from hybrid_sae_ext.architectures.protocols import CandidateCodes, SparseCodes, SparseStep
+from hybrid_sae_ext.architectures.reduction import ALL_LATENTS, LatentReduction
 from hybrid_sae_ext.kernels import TopKSelection, get_kernels
 from hybrid_sae_ext.kernels.primitives import gathered_dot, take
 from hybrid_sae_ext.kernels.row_norms import inverse_row_norms
@@ -61,15 +64,6 @@ TARGET_L0_THRESHOLD_RATE = 0.05
 REFINE_RATE_INIT = 0.5
 """Initial step of each refinement step: below 1 / (largest eigenvalue of a pick's Gram matrix) for
 near-orthogonal unit rows, so early steps shrink the residual instead of overshooting."""
-
-
-class SparseCodes(NamedTuple):
-    """Codes of a batch in sparse form: at most ``k`` (value, latent) pairs per token."""
-
-    values: Float[Tensor, "... k"]
-    """Code values; zero where the gate stayed closed."""
-    indices: Int[Tensor, "... k"]
-    """Latent ids of the top-k gate candidates."""
 
 
 class HybridLosses(NamedTuple):
@@ -185,10 +179,12 @@ class _HybridMixin:
         opened: Float[Tensor, "n k"],
         centered: Float[Tensor, "n d_in"],
         decoded: Float[Tensor, "n d_in"] | None = None,
+        sum_latents: Callable[[Tensor], Tensor] = ALL_LATENTS.sum,
     ) -> Float[Tensor, "n k"]:
         """The magnitude path's refinement steps (``refine_steps``; the module docstring has the rule).
 
-        ``centered`` is ``x - b_dec``; ``decoded`` (optional) the decode of ``values`` already at hand.
+        ``centered`` is ``x - b_dec``; ``decoded`` (optional) the decode of ``values`` already at hand;
+        ``sum_latents`` completes a decode where the latents are sharded (``LatentReduction.sum``).
         Why the ``open`` factor and not a mask of ``values > 0``: the gate decides the support, so a
         latent the gate opened may take a value here even where its magnitude was clipped to 0.
         """
@@ -196,7 +192,7 @@ class _HybridMixin:
         scales = self._inverse_norms()
         for rate in self.refine_rate if self.cfg.refine_steps else ():
             if decoded is None:
-                decoded = kernels.decode(values, indices, self.W_dec, scales)
+                decoded = sum_latents(kernels.decode(values, indices, self.W_dec, scales))
             step = kernels.row_dots(centered - decoded, indices, self.W_dec, scales)
             values = torch.relu(values + rate * step) * opened
             decoded = None
@@ -223,19 +219,24 @@ class _HybridMixin:
         if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
             raise ValueError("input activations contain NaN or Inf; refusing to encode them")
 
-    def encode_sparse(self, x: Float[Tensor, "... d_in"]) -> SparseCodes:
-        """Codes as (values, indices), each ``[..., k]``: the cheap form for large batches."""
+    def encode_candidates(self, x: Float[Tensor, "... d_in"]) -> CandidateCodes:
+        """Every top-k candidate of each token, ``[..., k]``: its code, latent id and gate pre-activation
+        (minus the adaptive threshold); what ``encode_sparse`` returns, with the gates it drops."""
         self._check_input(x)
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
         encode = get_kernels(self.kernel_backend).encode
         selection, _ = encode(
             self._flat(sae_in), self.W_enc, self.b_gate, self.cfg.k, selection_dtype=self.cfg.selection_dtype
         )
-        gate_pre, values = self._codes(selection, self._gate_threshold())
-        flat_in = self._flat(sae_in)
-        values = self._refine(values, selection.indices, (gate_pre > 0).to(values.dtype), self._centered(flat_in))
+        gate, values = self._codes(selection, self._gate_threshold())
+        values = self._refine(values, selection.indices, (gate > 0).to(values.dtype), self._centered(self._flat(sae_in)))
         lead = sae_in.shape[:-1]
-        return SparseCodes(values.reshape(*lead, -1), selection.indices.reshape(*lead, -1))
+        return CandidateCodes(*(t.reshape(*lead, -1) for t in (values, selection.indices, gate)))
+
+    def encode_sparse(self, x: Float[Tensor, "... d_in"]) -> SparseCodes:
+        """Codes as (values, indices), each ``[..., k]``: the cheap form for large batches."""
+        codes = self.encode_candidates(x)
+        return SparseCodes(codes.values, codes.indices)
 
     def decode_sparse(self, codes: SparseCodes) -> Float[Tensor, "... d_in"]:
         """Decode sparse codes without building the dense code matrix."""
@@ -443,69 +444,85 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
 
+    def sparse_training_step(
+        self, x: Float[Tensor, "... d_in"], dead_mask: Tensor | None, coefficients: Mapping[str, float]
+    ) -> SparseStep:
+        """The ``SparseTrainingStep`` protocol (what the trainer calls): ``hybrid_forward``'s total loss."""
+        out = self.hybrid_forward(x, dead_mask, coefficients.get("l1"))
+        return SparseStep(out.losses.total(), out.sae_out, out.codes)
+
     def hybrid_forward(
         self,
         x: Float[Tensor, "... d_in"],
         dead_mask: Tensor | None = None,
         l1_coefficient: float | None = None,
+        latents: LatentReduction = ALL_LATENTS,
     ) -> HybridTrainOutput:
-        """The sparse training forward; ``dead_mask`` ([d_sae] bool) enables AuxK."""
+        """The sparse training forward; ``dead_mask`` ([d_sae] bool) enables AuxK.
+
+        ``latents`` says where the latents live: all here by default; the latent-sharded step passes its
+        rank's share (``distributed.sharded``), which selects across ranks, masks (``held``) the entries
+        other ranks hold and all-reduces (``sum``) every sum over latents. The loss is written once, here.
+        """
         self._check_input(x)
         kernels = get_kernels(self.kernel_backend)
         target = self._flat(x.to(self.dtype))
-        n_dead = 0 if dead_mask is None else int(dead_mask.sum())
+        n_dead = latents.count(0 if dead_mask is None else int(dead_mask.sum()))
         k_aux = min(self.cfg.effective_k_aux, n_dead)
         sae_in = self._flat(self.process_sae_in(x))
         # Where only b_dec needs the encoder's input gradient (no gradient wanted for x, no hook on the
         # input that could add a path), the encoder computes it directly (see ``sparse_encode``).
         bias_only = self.cfg.apply_b_dec_to_input and not x.requires_grad and not self.hook_sae_input._forward_hooks
-        sel, aux = kernels.encode(
-            sae_in.detach() if bias_only else sae_in, self.W_enc, self.b_gate, self.cfg.k, dead_mask, k_aux,
-            self.cfg.selection_dtype, self.b_dec if bias_only else None,
+        sel, aux = latents.encode(
+            kernels.encode, sae_in.detach() if bias_only else sae_in, self.W_enc, self.b_gate, self.cfg.k,
+            dead_mask, k_aux, self.cfg.selection_dtype, self.b_dec if bias_only else None,
         )
         # The gate's own terms see the un-thresholded gate, so the adaptive threshold cannot drag b_gate along.
         gate_pre, magnitude = self._gate_and_magnitude(sel)
         l0_penalty = gate_pre.new_zeros(())
         if self.cfg.gate_rule == "jump":
             # The step's gradient reaches the thresholds (b_gate) only, as in DeepMind's JumpReLU.
-            opened = _StraightThroughStep.apply(
+            opened = latents.held(sel, _StraightThroughStep.apply(
                 sel.values.detach() + take(self.b_gate, sel.indices), self.cfg.gate_bandwidth
-            )
+            ))
             t = self.cfg.target_l0
-            l0_penalty = self.cfg.l0_coefficient * 2 / t * (opened.sum(-1).mean() - t) ** 2
+            l0_penalty = self.cfg.l0_coefficient * 2 / t * (latents.sum(opened.sum(-1)).mean() - t) ** 2
         else:
-            opened = (gate_pre - self._forward_threshold(gate_pre.detach()) > 0).to(magnitude.dtype)
-        values = magnitude * opened
+            every_gate_pre = latents.sum(latents.held(sel, gate_pre.detach()))
+            opened = latents.held(sel, (gate_pre - self._forward_threshold(every_gate_pre) > 0).to(magnitude.dtype))
+        values = latents.held(sel, magnitude * opened)
         # The decodes use unit-norm rows and differentiate through the normalisation themselves, given
         # the inverse norms (see ``decoder_scales``); the gradient's norm term lands in W_dec's in place.
         W_dec = self.W_dec
         with torch.no_grad():
             scales = self.decoder_scales()
-        gate_act = torch.relu(gate_pre)
+        gate_act = latents.held(sel, torch.relu(gate_pre))
         # The gated auxiliary reconstruction trains the gate only: its decoder and b_dec are detached.
         decoded, gate_decoded = kernels.decode_pair(values, gate_act, sel.indices, W_dec, W_dec.detach(), scales)
+        decoded = latents.sum(decoded)
         if self.cfg.refine_steps:
-            values = self._refine(values, sel.indices, opened, target - self.b_dec, decoded)
-            decoded = kernels.decode(values, sel.indices, W_dec, scales)
+            values = self._refine(values, sel.indices, opened, target - self.b_dec, decoded, latents.sum)
+            decoded = latents.sum(kernels.decode(values, sel.indices, W_dec, scales))
         sae_out = decoded + self.b_dec
         mse = (sae_out - target).pow(2).sum(-1).mean()
-        via_gate = gate_decoded + self.b_dec.detach()
+        via_gate = latents.sum(gate_decoded) + self.b_dec.detach()
         gate_aux = self.cfg.gate_aux_coefficient * (via_gate - target).pow(2).sum(-1).mean()
         l1_coef = self.cfg.l1_coefficient if l1_coefficient is None else l1_coefficient
-        l1 = l1_coef * gate_act.sum(-1).mean()
+        l1 = l1_coef * latents.sum(gate_act.sum(-1)).mean()
 
         aux_k = mse.new_zeros(())
         if aux is not None:
             residual = (target - sae_out).detach()
-            aux_recon = kernels.decode(aux.values, aux.indices, W_dec, scales)
+            aux_recon = latents.sum(kernels.decode(latents.held(aux, aux.values), aux.indices, W_dec, scales))
             scale = min(n_dead / self.cfg.effective_k_aux, 1.0)
             aux_k = self.cfg.aux_k_coefficient * scale * (aux_recon - residual).pow(2).sum(-1).mean()
             dead_gate = aux.values.detach() + take(self.b_gate, aux.indices)
             along_row = gathered_dot(residual, W_dec.detach().t(), aux.indices) * take(scales, aux.indices)
-            gate_aux = gate_aux + self.cfg.gate_aux_coefficient * (dead_gate - along_row).pow(2).sum(-1).mean()
+            dead_gate_error = latents.held(aux, (dead_gate - along_row).pow(2)).sum(-1)
+            gate_aux = gate_aux + self.cfg.gate_aux_coefficient * latents.sum(dead_gate_error).mean()
 
         losses = HybridLosses(mse=mse, gate_aux=gate_aux, l1=l1, aux_k=aux_k, l0=l0_penalty)
-        return HybridTrainOutput(losses, sae_out, SparseCodes(values, sel.indices))
+        return HybridTrainOutput(losses, sae_out, SparseCodes(*latents.codes(sel, values)))
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
 from typing_extensions import override
 
+from hybrid_sae_ext.architectures.checks import validate_coefficients, validate_sizes
 from hybrid_sae_ext.kernels import KERNEL_BACKENDS
 from hybrid_sae_ext.kernels.selection import SELECTION_DTYPES
 
@@ -21,15 +22,6 @@ _TRAINING_NORMALIZATIONS = ("none", "expected_average_only_in")
 GATE_RULES = ("token", "batch", "jump")
 MAX_REFINE_STEPS = 8
 """A cap on ``refine_steps``: each step costs a decode and its transpose per token."""
-
-
-def _validate_k(d_in: int, d_sae: int, k: int) -> None:
-    if d_in < 1:
-        raise ValueError(f"d_in must be >= 1, got d_in={d_in}")
-    if d_sae < 1:
-        raise ValueError(f"d_sae must be >= 1, got d_sae={d_sae}")
-    if not 1 <= k <= d_sae:
-        raise ValueError(f"k must satisfy 1 <= k <= d_sae={d_sae}, got k={k}")
 
 
 def _validate_selection_dtype(selection_dtype: str) -> None:
@@ -61,7 +53,7 @@ class HybridSAEConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _validate_k(self.d_in, self.d_sae, self.k)
+        validate_sizes(self.d_in, self.d_sae, self.k)
         _validate_selection_dtype(self.selection_dtype)
         _validate_refine_steps(self.refine_steps)
 
@@ -114,7 +106,7 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _validate_k(self.d_in, self.d_sae, self.k)
+        validate_sizes(self.d_in, self.d_sae, self.k)
         _validate_target_l0(self.target_l0, self.k)
         if self.kernel_backend not in KERNEL_BACKENDS:
             raise ValueError(
@@ -130,9 +122,7 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
         _validate_refine_steps(self.refine_steps)
         if not self.gate_bandwidth > 0:
             raise ValueError(f"gate_bandwidth must be > 0, got {self.gate_bandwidth}")
-        for name in ("l1_coefficient", "gate_aux_coefficient", "aux_k_coefficient", "l0_coefficient"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        validate_coefficients(self)
         if self.normalize_activations not in _TRAINING_NORMALIZATIONS:
             raise ValueError(
                 f"normalize_activations={self.normalize_activations!r} is not supported for "

@@ -21,8 +21,7 @@ from transformer_lens import HookedTransformer
 import hybrid_sae_ext  # noqa: F401  (registers "hybrid" with SAELens)
 from hybrid_sae_ext.activations.capture import capture_batch, stop_layer, validate_hook_names
 from hybrid_sae_ext.activations.tokens import load_text_dataset, token_rows
-from hybrid_sae_ext.architectures import HybridSAE
-from hybrid_sae_ext.kernels import get_kernels
+from hybrid_sae_ext.architectures.protocols import GateCandidateEncoder
 from hybrid_sae_ext.models import load_model, load_sae_folder
 
 
@@ -42,8 +41,9 @@ class SAESource:
         return int(self.sae.cfg.d_sae)
 
     @property
-    def is_hybrid(self) -> bool:
-        return isinstance(self.sae, HybridSAE)
+    def has_gate_candidates(self) -> bool:
+        """Its top-k candidates pass a gate that may stay closed (``GateCandidateEncoder``), e.g. the hybrid."""
+        return isinstance(self.sae, GateCandidateEncoder)
 
 
 def read_sae_metadata(sae_path: str | Path) -> dict[str, Any]:
@@ -92,7 +92,7 @@ class Firings(NamedTuple):
 
 
 class GateCandidates(NamedTuple):
-    """Hybrid SAEs only: every top-k candidate of every token and its gate pre-activation."""
+    """Gated top-k SAEs only (``GateCandidateEncoder``): every top-k candidate of every token and its gate."""
 
     latent: torch.Tensor
     gate: torch.Tensor
@@ -108,15 +108,12 @@ def hook_activations(source: SAESource, tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def encode_firings(source: SAESource, acts: torch.Tensor) -> tuple[Firings, GateCandidates | None]:
-    """Sparse codes of ``acts`` through the SAE's own encoder, and for hybrids the gate candidates."""
+    """Sparse codes of ``acts`` through the SAE's own encoder, and for gated top-k SAEs the gate candidates."""
     sae = source.sae
-    if isinstance(sae, HybridSAE):
-        # the two calls HybridSAE.encode_sparse makes, keeping the gate pre-activation it drops
-        sae._check_input(acts)
-        selection, _ = get_kernels(sae.kernel_backend).encode(sae.process_sae_in(acts), sae.W_enc, sae.b_gate, sae.cfg.k)
-        gate, values = sae._codes(selection)
-        indices, order = torch.sort(selection.indices, dim=1)  # firings ordered by token, then latent
-        gate, values = gate.gather(1, order), values.gather(1, order)
+    if isinstance(sae, GateCandidateEncoder):
+        codes = sae.encode_candidates(acts)
+        indices, order = torch.sort(codes.indices, dim=1)  # firings ordered by token, then latent
+        gate, values = codes.gate.gather(1, order), codes.values.gather(1, order)
         fired = values > 0
         token = torch.arange(acts.shape[0]).unsqueeze(1).expand_as(indices)
         firings = Firings(token[fired], indices[fired], values[fired].float())

@@ -234,7 +234,7 @@ def compute_statistics(cfg: DashboardConfig, source: SAESource, stop_after_batch
     plan = make_plan(cfg, source)
     state_path = out / STATE_FILE
     loaded = _load_state(state_path, plan.header)
-    state, progress = loaded or (_fresh_pass1(cfg, source.d_sae, source.is_hybrid),
+    state, progress = loaded or (_fresh_pass1(cfg, source.d_sae, source.has_gate_candidates),
                                  {"header": plan.header, "pass": 1, "rows_done": 0})
     budget = itertools.count() if stop_after_batches is None else iter(range(stop_after_batches))
     with progress_bar(total=2 * plan.rows, initial=(progress["pass"] - 1) * plan.rows + progress["rows_done"],
@@ -253,7 +253,7 @@ def compute_statistics(cfg: DashboardConfig, source: SAESource, stop_after_batch
                 if (first_row // cfg.batch_rows + 1) % cfg.checkpoint_every == 0:
                     _save_state(state_path, state, progress)
             if progress["pass"] == 1:
-                state = _start_pass2(state, cfg, source.is_hybrid)
+                state = _start_pass2(state, cfg, source.has_gate_candidates)
             progress = {**progress, "pass": progress["pass"] + 1, "rows_done": 0}
             _save_state(state_path, state, progress)
     stats = _finish(state)

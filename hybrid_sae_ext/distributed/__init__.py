@@ -1,6 +1,6 @@
 """Scale-out with ``torch.distributed``: data parallelism and latent sharding."""
 
 from hybrid_sae_ext.distributed.data_parallel import DataParallel, init_from_environment
-from hybrid_sae_ext.distributed.sharded import ShardedForward, ShardedHybridSAE, shard_bounds
+from hybrid_sae_ext.distributed.sharded import RankShare, ShardedHybridSAE, shard_bounds
 
-__all__ = ["DataParallel", "ShardedForward", "ShardedHybridSAE", "init_from_environment", "shard_bounds"]
+__all__ = ["DataParallel", "RankShare", "ShardedHybridSAE", "init_from_environment", "shard_bounds"]

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from simple_parsing import field
 
+from hybrid_sae_ext.architectures.build import config_fields, training_config
 from hybrid_sae_ext.architectures.registry import resolve_architecture
+
+_OWN_FIELDS = ("d_in", "d_sae", "device", "k", "l1_coefficient", "target_l0")
+"""SAE config fields the run sets itself (the activations give d_in), so ``sae_overrides`` may not."""
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """``--sae_overrides``' parser: a JSON object such as ``'{"gate_rule": "batch"}'``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not a JSON object ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
+
+
+_JSON_FLAG = {"type": json_object, "metavar": "JSON"}
+"""How the command line reads ``sae_overrides`` (simple_parsing's own dict parsing takes no JSON)."""
 
 
 @dataclass
@@ -20,11 +42,14 @@ class TrainConfig:
     d_sae: int = 4096
     """Number of latents."""
     k: int = 32
-    """Latents per token for k-sparse architectures (hybrid: the most that may fire)."""
+    """Latents per token, for architectures whose config has ``k`` (ignored by the others)."""
     l1_coefficient: float | None = None
-    """L1 sparsity penalty (vanilla, gated; for the hybrid it lets L0 adapt below k); None: the architecture's default."""
+    """L1 sparsity penalty, for architectures whose config has it (ignored by the others); None: its default."""
     target_l0: float | None = None
-    """Hybrid only: mean latents per token the adaptive gate settles at (0 < target_l0 <= k; k stays the cap)."""
+    """Mean latents per token to settle at, for architectures whose config has ``target_l0`` (refused by the
+    others); None: the architecture's default."""
+    sae_overrides: dict[str, Any] = field(default_factory=dict, **_JSON_FLAG)
+    """Other fields of the architecture's training config, e.g. '{"gate_rule": "batch"}' (a JSON object)."""
     lr: float = 4e-4
     """Peak Adam learning rate."""
     lr_warmup_steps: int = 50
@@ -61,29 +86,41 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.architecture = resolve_architecture(self.architecture)
-        positive = ("d_sae", "k", "batch_size", "grad_accum_steps", "total_steps", "checkpoint_every",
+        positive = ("batch_size", "grad_accum_steps", "total_steps", "checkpoint_every",
                     "keep_checkpoints", "log_every", "dead_after_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"lr must be a finite number > 0, got lr={self.lr}")
-        for name in ("lr_warmup_steps", "lr_decay_steps", "l1_coefficient", "clip_grad_norm"):
-            if (getattr(self, name) or 0) < 0:
+        for name in ("lr_warmup_steps", "lr_decay_steps", "clip_grad_norm"):
+            if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
-        if self.k > self.d_sae:
-            raise ValueError(f"k must satisfy 1 <= k <= d_sae={self.d_sae}, got k={self.k}")
-        if self.target_l0 is not None:
-            if self.architecture != "hybrid":
-                raise ValueError(f"target_l0 is only supported by architecture='hybrid', got {self.architecture!r}")
-            if not 0 < self.target_l0 <= self.k:
-                raise ValueError(f"target_l0 must be in (0, k={self.k}], got target_l0={self.target_l0}")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(
                 f"grad_accum_steps={self.grad_accum_steps} must divide batch_size={self.batch_size}"
             )
         if self.checkpoint_dir is not None:
             self.checkpoint_dir = Path(self.checkpoint_dir)
+        if not isinstance(self.sae_overrides, dict):
+            raise ValueError(f"sae_overrides must be a dict of config fields, got {self.sae_overrides!r}")
+        own = sorted(set(self.sae_overrides) & set(_OWN_FIELDS))
+        if own:
+            raise ValueError(f"sae_overrides sets {', '.join(own)}: set it with its own option, not in sae_overrides")
+        # The architecture's config checks its fields, here before any capture: the activations' d_in is not
+        # known yet, so it is built at d_in=1 (the trainer builds it again at the real d_in).
+        training_config(self.architecture, 1, self.d_sae, device=self.device, **self.sae_fields())
+
+    def sae_fields(self) -> dict[str, Any]:
+        """The architecture config's fields this run sets: ``k`` and ``l1_coefficient`` where the config has
+        them, ``target_l0`` when given (a config without it refuses it), and ``sae_overrides``."""
+        names = config_fields(self.architecture)
+        fields: dict[str, Any] = {"k": self.k} if "k" in names else {}
+        if self.l1_coefficient is not None and "l1_coefficient" in names:
+            fields["l1_coefficient"] = self.l1_coefficient
+        if self.target_l0 is not None:
+            fields["target_l0"] = self.target_l0
+        return {**fields, **self.sae_overrides}
 
     def micro_batch_size(self, world_size: int = 1) -> int:
         """Rows per forward pass on one rank; raises if the batch does not split evenly."""

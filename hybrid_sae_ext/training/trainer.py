@@ -3,7 +3,7 @@
 Why not SAELens' ``SAETrainer``: it checkpoints with ``torch.save`` (unpickling on load), keeps no
 RNG or data position, and has no gradient accumulation or non-finite checks. This trainer drives
 the same SAELens interface (``training_forward_pass``, ``get_coefficients``) so every registered
-architecture trains here, and takes the hybrid's sparse step (``hybrid_forward``) directly.
+architecture trains here, and takes an SAE's own sparse step where it has one (``SparseTrainingStep``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import torch
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainStepInput
 from torch import Tensor
 
-from hybrid_sae_ext.architectures.hybrid import HybridTrainingSAE
 from hybrid_sae_ext.architectures.build import build_training_sae as build_architecture_sae
-from hybrid_sae_ext.architectures.build import config_fields
+from hybrid_sae_ext.architectures.protocols import SparseTrainingStep
 from hybrid_sae_ext.distributed.data_parallel import DataParallel
 from hybrid_sae_ext.kernels.native import native_kernels
 from hybrid_sae_ext.progress import progress_bar
@@ -67,14 +66,9 @@ class TrainResult:
 
 
 def build_training_sae(cfg: TrainConfig, d_in: int) -> TrainingSAE[Any]:
-    """The registered training SAE for ``cfg.architecture``, seeded, with the config's k / L1 where it has them."""
-    names = config_fields(cfg.architecture)
-    fields: dict[str, Any] = {"k": cfg.k} if "k" in names else {}
-    if "l1_coefficient" in names and cfg.l1_coefficient is not None:
-        fields["l1_coefficient"] = cfg.l1_coefficient
-    if cfg.target_l0 is not None:
-        fields["target_l0"] = cfg.target_l0
-    return build_architecture_sae(cfg.architecture, d_in, cfg.d_sae, device=cfg.device, seed=cfg.seed, **fields)
+    """The registered training SAE for ``cfg.architecture``, seeded, with the fields ``cfg.sae_fields()`` sets."""
+    return build_architecture_sae(cfg.architecture, d_in, cfg.d_sae, device=cfg.device, seed=cfg.seed,
+                                  **cfg.sae_fields())
 
 
 def _coefficient_value(coefficient: float | TrainCoefficientConfig, step: int) -> float:
@@ -143,11 +137,11 @@ class Trainer:
     def _micro_forward(self, x: Tensor, dead_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Loss, per-latent fired mask, summed L0 and the reconstruction for one micro-batch."""
         coefficients = {name: _coefficient_value(c, self.step) for name, c in self.coefficients.items()}
-        if isinstance(self.sae, HybridTrainingSAE):
-            out = self.sae.hybrid_forward(x, dead_mask, coefficients.get("l1"))
-            firing = out.codes.values > 0
-            fired = torch.zeros_like(dead_mask).index_fill_(0, out.codes.indices[firing], True)
-            return out.losses.total(), fired, firing.sum(), out.sae_out
+        if isinstance(self.sae, SparseTrainingStep):
+            step = self.sae.sparse_training_step(x, dead_mask, coefficients)
+            firing = step.codes.values != 0
+            fired = torch.zeros_like(dead_mask).index_fill_(0, step.codes.indices[firing], True)
+            return step.loss, fired, firing.sum(), step.sae_out
         out = self.sae.training_forward_pass(
             TrainStepInput(
                 sae_in=x, coefficients=coefficients, dead_neuron_mask=dead_mask,
@@ -264,7 +258,7 @@ class Trainer:
         end = min(self.cfg.total_steps, stop_at_step or self.cfg.total_steps)
         run = self._start_wandb()
         history: list[StepMetrics] = []
-        if isinstance(self.sae, HybridTrainingSAE) and self.sae.W_enc.device.type == "cpu":
+        if isinstance(self.sae, SparseTrainingStep) and self.sae.W_enc.device.type == "cpu":
             native_kernels()  # a first-time C++ build (~40 s) happens here, before the clock starts
         start, start_tokens = time.perf_counter(), self.tokens_seen
         bar = progress_bar(total=self.cfg.total_steps, initial=self.step, desc=self.cfg.architecture,

@@ -6,6 +6,10 @@ so parallel runs cannot corrupt the tree); the tests that guard it run there wit
 fail (pytest exit code 1), and the same tests must pass on an unmutated copy. A mutant is matched by its exact source text: if a refactor removes
 that text the check fails loudly, so update the mutant to the new code rather than dropping it.
 
+The same math also runs on other paths: the latent-sharded step (``hybrid_forward`` with a rank's share) and
+the dashboards' encode (``encode_candidates``). Each mutant lists those paths' tests (``paths``); each must
+fail on its own too, so a path that stopped using the shared code (a copy of the math) would show here.
+
 Each run is a child forked from one process that has imported torch and SAELens already, so a
 mutant costs its tests, not the ~6 s of imports. Run ``python tests/mutation/mutation_check.py``
 for a table; ``test_mutation_check.py`` runs it in CI.
@@ -26,10 +30,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET = "hybrid_sae_ext/architectures/hybrid.py"
-FAST_TEST_FOLDERS = ("tests/architectures", "tests/kernels")
-"""The fast unit tests; every mutant's tests live here."""
+TEST_FOLDERS = ("tests/architectures", "tests/kernels", "tests/distributed", "tests/dashboards")
+"""Copied with the package; every mutant's tests live here."""
 REFERENCE_TESTS = ("tests/architectures/test_reference.py",)
 _HYBRID = "tests/architectures/test_hybrid.py::"
+SHARDED = ("tests/distributed/test_sharded.py::test_sharded_forward_and_gradients_match_the_reference",)
+"""The sharded step against the float64 reference."""
+DASHBOARD = ("tests/dashboards/test_source.py::test_dashboard_codes_and_gates_match_the_reference",)
+"""The dashboards' codes and gates against the float64 reference."""
 
 
 @dataclass(frozen=True)
@@ -40,24 +48,29 @@ class Mutant:
     replacement: str
     tests: tuple[str, ...] = REFERENCE_TESTS
     """Test files (relative to the repository) that must catch it."""
+    paths: tuple[str, ...] = SHARDED
+    """Tests of the other paths through the mutated code; each must fail as well (run one at a time)."""
 
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("gate-aux decoder not detached", "gate_act, sel.indices, W_dec, W_dec.detach(), scales)",
            "gate_act, sel.indices, W_dec, W_dec, scales)"),
     Mutant("AuxK sign flipped", "(aux_recon - residual)", "(aux_recon + residual)"),
-    Mutant("exp(r_mag) -> 1 + r_mag", "take(self.r_mag, idx).exp()", "(1 + take(self.r_mag, idx))"),
+    Mutant("exp(r_mag) -> 1 + r_mag", "take(self.r_mag, idx).exp()", "(1 + take(self.r_mag, idx))",
+           paths=SHARDED + DASHBOARD),
     Mutant("AuxK scale dropped", "self.cfg.aux_k_coefficient * scale *", "self.cfg.aux_k_coefficient *"),
-    Mutant("gate threshold at -0.05", "magnitude * (gate_pre > 0)", "magnitude * (gate_pre > -0.05)"),
+    Mutant("gate threshold at -0.05", "magnitude * (gate_pre > 0)", "magnitude * (gate_pre > -0.05)",
+           paths=DASHBOARD),
     Mutant("AuxK residual not detached", "residual = (target - sae_out).detach()", "residual = target - sae_out"),
-    Mutant("L1 summed instead of averaged", "gate_act.sum(-1).mean()", "gate_act.sum()"),
-    Mutant("b_mag dropped", " * selection.values + take(self.b_mag, idx))", " * selection.values)"),
+    Mutant("L1 summed instead of averaged", "latents.sum(gate_act.sum(-1)).mean()", "latents.sum(gate_act.sum())"),
+    Mutant("b_mag dropped", " * selection.values + take(self.b_mag, idx))", " * selection.values)",
+           paths=SHARDED + DASHBOARD),
     # our own
-    Mutant("gate-aux b_dec not detached", "via_gate = gate_decoded + self.b_dec.detach()",
-           "via_gate = gate_decoded + self.b_dec"),
+    Mutant("gate-aux b_dec not detached", "via_gate = latents.sum(gate_decoded) + self.b_dec.detach()",
+           "via_gate = latents.sum(gate_decoded) + self.b_dec"),
     Mutant("training decodes skip the unit norm", "W_dec, W_dec.detach(), scales)", "W_dec, W_dec.detach(), None)"),
     Mutant("AuxK decode skips the unit norm", "aux.indices, W_dec, scales)", "aux.indices, W_dec)"),
-    Mutant("gate-aux without relu", "gate_act = torch.relu(gate_pre)", "gate_act = gate_pre"),
+    Mutant("gate-aux without relu", "latents.held(sel, torch.relu(gate_pre))", "latents.held(sel, gate_pre)"),
     Mutant("MSE averaged over d_in too", "mse = (sae_out - target).pow(2).sum(-1).mean()",
            "mse = (sae_out - target).pow(2).mean()"),
     Mutant("AuxK scale not capped at 1", "scale = min(n_dead / self.cfg.effective_k_aux, 1.0)",
@@ -69,10 +82,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("dead-gate term trains the decoder", "gathered_dot(residual, W_dec.detach().t(), aux.indices)",
            "gathered_dot(residual, W_dec.t(), aux.indices)"),
     Mutant("dead gates aim at minus the residual", "(dead_gate - along_row)", "(dead_gate + along_row)"),
-    Mutant("inference top-k ignores b_gate", "select_topk(flat_pre + self.b_gate,", "select_topk(flat_pre,"),
+    # the SAE-API dense encode and the folds: no other path runs them
+    Mutant("inference top-k ignores b_gate", "select_topk(flat_pre + self.b_gate,", "select_topk(flat_pre,",
+           paths=()),
     Mutant("uniform fold leaves b_gate unscaled", "for param in (self.W_enc, self.b_gate, self.b_mag):",
            "for param in (self.W_enc, self.b_mag):",
-           (_HYBRID + "test_fold_W_dec_norm_folds_a_uniform_norm_and_refuses_per_latent_norms",)),
+           (_HYBRID + "test_fold_W_dec_norm_folds_a_uniform_norm_and_refuses_per_latent_norms",), paths=()),
     Mutant("batch gate forwards the EMA", 'forward = batch_threshold.to(ema.dtype) if self.cfg.gate_rule == "batch" else ema.clone()',
            "forward = ema.clone()"),
     Mutant("batch threshold one candidate off", "closed = candidates.numel() - round(", "closed = candidates.numel() - 1 - round("),
@@ -83,23 +98,26 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("jump L0 penalty left out of the total", "self.aux_k + self.l0", "self.aux_k"),
     Mutant("scale fold leaves b_gate unscaled", "for param in (self.b_dec, self.b_gate, self.b_mag):",
            "for param in (self.b_dec, self.b_mag):",
-           (_HYBRID + "test_training_sae_folds_the_activation_scale_it_was_trained_under",)),
+           (_HYBRID + "test_training_sae_folds_the_activation_scale_it_was_trained_under",), paths=()),
     Mutant("scale fold leaves the adaptive threshold", "            threshold.div_(scaling_factor)\n", "            pass\n",
-           (_HYBRID + "test_training_sae_folds_the_activation_scale_it_was_trained_under",)),
+           (_HYBRID + "test_training_sae_folds_the_activation_scale_it_was_trained_under",), paths=()),
     Mutant("refinement steps against the gradient", "torch.relu(values + rate * step) * opened",
            "torch.relu(values - rate * step) * opened"),
     Mutant("refinement ignores the gate", "torch.relu(values + rate * step) * opened", "torch.relu(values + rate * step)"),
-    Mutant("refinement residual keeps b_dec", "opened, target - self.b_dec, decoded)", "opened, target, decoded)"),
+    Mutant("refinement residual keeps b_dec", "opened, target - self.b_dec, decoded, latents.sum)",
+           "opened, target, decoded, latents.sum)"),
     Mutant("refinement reuses a stale decode", "            decoded = None\n", "            pass\n"),
-    Mutant("refined values not decoded", "            decoded = kernels.decode(values, sel.indices, W_dec, scales)\n",
-           "            pass\n"),
+    Mutant("refined values not decoded",
+           "            decoded = latents.sum(kernels.decode(values, sel.indices, W_dec, scales))\n", "            pass\n"),
     Mutant("inference refinement skipped", "        values = self._refine(values, selection.indices,",
-           "        values = values if True else self._refine(values, selection.indices,"),
+           "        values = values if True else self._refine(values, selection.indices,", paths=()),
     Mutant("uniform fold leaves the refinement rates", "self.refine_rate.data.mul_(common**2)",
            "self.refine_rate.data.mul_(common)",
-           (_HYBRID + "test_fold_W_dec_norm_folds_a_uniform_norm_and_refuses_per_latent_norms",)),
+           (_HYBRID + "test_fold_W_dec_norm_folds_a_uniform_norm_and_refuses_per_latent_norms",), paths=()),
     Mutant("empty batch not refused", "        if x.numel() == 0:\n", "        if False:\n",
-           (_HYBRID + "test_empty_batch_is_refused_naming_its_shape",)),
+           (_HYBRID + "test_empty_batch_is_refused_naming_its_shape",),
+           paths=("tests/distributed/test_sharded.py::test_the_sharded_step_checks_its_input",
+                  "tests/dashboards/test_source.py::test_dashboards_refuse_bad_activations_through_the_sae_check")),
 )
 
 
@@ -111,7 +129,7 @@ class Outcome:
 
 
 BASELINE = Mutant("no mutation (every selected test must pass)", "", "",
-                  tuple(sorted({test for mutant in MUTANTS for test in mutant.tests})))
+                  tuple(sorted({test for mutant in MUTANTS for test in (*mutant.tests, *mutant.paths)})), paths=())
 
 
 def apply(mutant: Mutant, source: str) -> str:
@@ -132,7 +150,7 @@ def _copy_tree(mutant: Mutant) -> Path:
     root = Path(tempfile.mkdtemp(prefix="mutant-"))
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
     shutil.copytree(REPO / "hybrid_sae_ext", root / "hybrid_sae_ext", ignore=ignore)
-    for folder in FAST_TEST_FOLDERS:  # not tests/conftest.py: its session fixtures import the experiments
+    for folder in TEST_FOLDERS:  # not tests/conftest.py: its session fixtures import the experiments
         shutil.copytree(REPO / folder, root / folder, ignore=ignore)
     shutil.copy2(REPO / "pyproject.toml", root / "pyproject.toml")
     (root / TARGET).write_text(apply(mutant, (REPO / TARGET).read_text()))
@@ -187,16 +205,19 @@ def _summary(log: str) -> str:
 
 
 def run_all(mutants: tuple[Mutant, ...] = MUTANTS, workers: int = 2, timeout_s: float = 300.0) -> list[Outcome]:
-    """The baseline (unmutated: must pass) and every mutant (must fail with exit code 1), ``workers`` at a time."""
+    """The baseline (unmutated: must pass) and every mutant (its tests and each of its paths' tests must fail
+    with exit code 1), ``workers`` runs at a time."""
     for mutant in mutants:  # fail fast, before any run, if some mutant no longer matches the code
         apply(mutant, (REPO / TARGET).read_text())
     _preload()
-    pending, running, outcomes = [BASELINE, *mutants], {}, {}
+    pending = [(mutant, tests) for mutant in (BASELINE, *mutants) for tests in (mutant.tests, *((p,) for p in mutant.paths))]
+    running: dict[int, tuple[Mutant, Path, float]] = {}
+    runs: dict[Mutant, list[tuple[bool, str]]] = {mutant: [] for mutant in (BASELINE, *mutants)}
     while pending or running:
         while pending and len(running) < workers:
-            mutant = pending.pop(0)
+            mutant, tests = pending.pop(0)
             root = _copy_tree(mutant)
-            running[_fork_pytest(root, mutant.tests)] = (mutant, root, time.monotonic())
+            running[_fork_pytest(root, tests)] = (mutant, root, time.monotonic())
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
             for child, (mutant, _, started) in running.items():
@@ -209,8 +230,11 @@ def run_all(mutants: tuple[Mutant, ...] = MUTANTS, workers: int = 2, timeout_s: 
         log = (root / "pytest.log").read_text(errors="replace")
         shutil.rmtree(root, ignore_errors=True)
         caught = code == 0 if mutant is BASELINE else code == 1
-        outcomes[mutant] = Outcome(mutant, caught, f"exit {code} in {time.monotonic() - started:.0f}s: {_summary(log)}")
-    return [outcomes[mutant] for mutant in (BASELINE, *mutants)]
+        runs[mutant].append((caught, f"exit {code} in {time.monotonic() - started:.0f}s: {_summary(log)}"))
+    return [
+        Outcome(mutant, all(caught for caught, _ in runs[mutant]), " | ".join(detail for _, detail in runs[mutant]))
+        for mutant in (BASELINE, *mutants)
+    ]
 
 
 def main() -> int:
