@@ -1,4 +1,11 @@
-"""The live demo's entry point (``scripts/serve_demo.py``) and a way to run it as a separate process.
+"""``hybrid-sae serve``: the live demo's entry point, and a way to run it as a separate process.
+
+Example::
+
+    hybrid-sae serve --sae_path results/hybrid-tiny-lm --dashboards results/dashboards --port 8000
+
+Binds to 127.0.0.1 unless --host says otherwise. Endpoints: GET /health, POST /api/activations,
+POST /api/search, POST /api/steer, the page at /, the dashboards at /dashboards/.
 
 Why a process: tests, the benchmark and the screenshots must talk to the demo exactly as a user's browser
 does, over HTTP to the real server, not to an app object inside the test.
@@ -33,14 +40,16 @@ class ServeConfig:
     sae_path: str
     """Folder of the saved SAE (cfg.json + sae_weights.safetensors)."""
     dashboards: str
-    """Folder written by scripts/build_dashboards.py (its site/ is served at /dashboards/)."""
+    """Folder written by ``hybrid-sae dashboards`` (its site/ is served at /dashboards/)."""
     host: str = "127.0.0.1"
     """Interface to bind; the default keeps the demo on this machine."""
     port: int = 8000
+    """TCP port to listen on (0: any free port)."""
     device: str = "cpu"
+    """Device for the model and the SAE."""
     threads: int = 1
     """torch intra-op threads (0: torch's default). One request's tensors are small; with 1 thread a busy CPU
-    cannot stall it on thread synchronisation (measured: 57 ms vs 850 ms per 128-token request on a loaded 2-core CPU)."""
+    cannot stall it on thread synchronisation (measured: docs/performance.md#measurements-behind-the-defaults)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -51,7 +60,7 @@ class ServeConfig:
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(ServeConfig, argv)
+    cfg = parse_config(ServeConfig, argv, description=__doc__)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     app = create_app(LiveModel(load_source(cfg.sae_path, cfg.device)), cfg.dashboards)

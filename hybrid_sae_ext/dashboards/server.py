@@ -97,7 +97,7 @@ def create_app(live: LiveModel, dashboards: Path | str) -> FastAPI:
     """The demo app over a loaded model; ``dashboards`` is a folder written by ``build_dashboards``."""
     site = Path(dashboards) / "site"
     if not (site / "index.html").is_file():
-        raise ValueError(f"{site}: no dashboard site here; build it with scripts/build_dashboards.py --out {dashboards}")
+        raise ValueError(f"{site}: no dashboard site here; build it with hybrid-sae dashboards --out {dashboards}")
     app = FastAPI(title="hybrid-sae-ext live demo", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit)
 

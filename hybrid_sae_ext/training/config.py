@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import simple_parsing
+
 from hybrid_sae_ext.architectures.registry import resolve_architecture
 
 
@@ -16,7 +18,7 @@ class TrainConfig:
     architecture: str = "hybrid"
     """A registered SAELens architecture or a comparison name (vanilla, gated, ksparse, hybrid)."""
     d_sae: int = 4096
-    """Number of latents."""
+    """Number of latents (the SAE's width)."""
     k: int = 32
     """Latents per token for k-sparse architectures (hybrid: the most that may fire)."""
     l1_coefficient: float | None = None
@@ -29,8 +31,8 @@ class TrainConfig:
     """Linear warmup from lr/warmup to lr."""
     lr_decay_steps: int = 0
     """Linear decay to 0 over the last this many steps (0: constant after warmup)."""
-    batch_size: int = 4096
-    """Tokens per optimizer step, over all ranks and micro-batches."""
+    batch_size: int = simple_parsing.field(default=4096, alias="--batch_tokens")
+    """Tokens (activation rows) per optimizer step, over all ranks and micro-batches."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step; must divide batch_size (per rank)."""
     total_steps: int = 1000
@@ -48,12 +50,15 @@ class TrainConfig:
     skip_nonfinite_batches: bool = False
     """On a non-finite loss or gradient, skip that batch instead of stopping the run."""
     seed: int = 0
+    """Seeds the SAE's initialisation and the data order."""
     device: str = "cpu"
+    """Device for the SAE (cpu, cuda, cuda:1, ...)."""
     log_every: int = 10
     """Steps between progress-bar and wandb updates."""
     wandb_project: str | None = None
     """Log to this wandb project (set WANDB_MODE=offline to log without network); None disables."""
     progress_bar: bool = True
+    """Show a tqdm progress bar."""
 
     def __post_init__(self) -> None:
         self.architecture = resolve_architecture(self.architecture)
