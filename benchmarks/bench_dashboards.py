@@ -114,6 +114,8 @@ def screenshots(sae_path: str, dashboards: Path, folder: Path) -> None:
         page.fill("#strength", "8")
         page.click("#steer")
         page.wait_for_function("document.getElementById('steered').textContent.length > 0")
+        page.hover("#tokens .tok >> nth=3")  # the hover list of a token's top latents
+        page.wait_for_selector("#token-latents tr")
         page.screenshot(path=str(folder / "live.png"), full_page=True)
         browser.close()
 

@@ -4,7 +4,15 @@ Importing the package registers its architectures with SAELens, so ``architectur
 works in SAELens configs and ``SAE.load_from_disk`` finds ``HybridSAE``.
 """
 
-from hybrid_sae_ext.architectures import (
+import warnings
+
+from tqdm import TqdmWarning
+
+# tqdm.auto (imported by SAELens' dependencies) warns in a Jupyter kernel without ipywidgets, then falls back to
+# the text bar; this package's bars are text bars anyway (hybrid_sae_ext.progress), so the warning says nothing.
+warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+
+from hybrid_sae_ext.architectures import (  # noqa: E402
     ARCHITECTURE_ALIASES,
     HybridSAE,
     HybridSAEConfig,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -57,9 +58,25 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def finite_or_null(payload: Any) -> Any:
+    """``payload`` with every NaN/inf float replaced by None (JSON null), in nested dicts, lists and tuples."""
+    if isinstance(payload, float):
+        return payload if math.isfinite(payload) else None
+    if isinstance(payload, dict):
+        return {key: finite_or_null(value) for key, value in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return [finite_or_null(value) for value in payload]
+    return payload
+
+
+def json_text(payload: Any, **dumps_kwargs: Any) -> str:
+    """Strict JSON: a non-finite float becomes null, never the bare ``NaN`` that ``jq`` and browsers reject."""
+    return json.dumps(finite_or_null(payload), allow_nan=False, **dumps_kwargs)
+
+
 def write_json_atomic(path: Path | str, payload: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json_text(payload, indent=2, sort_keys=True) + "\n")
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:

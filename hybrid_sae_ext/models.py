@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 from sae_lens import SAE
+from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting, sae_lens_disk_loader
 from sae_lens.constants import SAE_CFG_FILENAME as SAE_CONFIG_FILE
 from sae_lens.constants import SAE_WEIGHTS_FILENAME as SAE_WEIGHTS_FILE
 from sae_lens.registry import SAE_CLASS_REGISTRY
@@ -249,7 +250,8 @@ def load_model_folder(
     missing = [name for name in missing if not name.endswith(("IGNORE", "mask"))]
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS_FILE} does not fit its config: missing {missing}, unexpected {unexpected}")
-    return model.to(model_dtype(dtype)).to(device).eval()
+    # print_details=False: TransformerLens would print 'Changing model dtype' / 'Moving model to device' lines
+    return model.to(model_dtype(dtype), print_details=False).to(device, print_details=False).eval()
 
 
 def load_pretrained_sae(release: str, sae_id: str, device: str = "cpu") -> SAE[Any]:
@@ -267,7 +269,9 @@ def load_pretrained_sae(release: str, sae_id: str, device: str = "cpu") -> SAE[A
 
 def load_sae_folder(path: Path | str, device: str = "cpu") -> SAE[Any]:
     """``SAE.load_from_disk`` with errors that name the file: a missing or broken ``cfg.json``, an
-    architecture SAELens does not know, truncated weights. Weights are read with safetensors only.
+    architecture SAELens does not know, truncated weights, a tensor missing or of another shape than
+    ``cfg.json`` implies, non-finite weights, a bad ``metadata.context_size``. Weights are read with
+    safetensors only.
     """
     folder = Path(path)
     config_file, weights_file = folder / SAE_CONFIG_FILE, folder / SAE_WEIGHTS_FILE
@@ -282,9 +286,53 @@ def load_sae_folder(path: Path | str, device: str = "cpu") -> SAE[Any]:
             f"allowed: {', '.join(sorted(SAE_CLASS_REGISTRY))}"
         )
     try:
-        return SAE.load_from_disk(str(folder), device=device)
+        sae = SAE.load_from_disk(str(folder), device=device, converter=_checked_disk_loader)
     except SafetensorError as err:
         raise ValueError(f"{weights_file}: not a readable safetensors file ({err})") from err
     except (TypeError, KeyError) as err:
         problem = f"{type(err).__name__}: {err}"
         raise ValueError(f"{config_file}: does not describe a {architecture!r} SAE ({problem})") from err
+    context_size = sae.cfg.metadata.context_size
+    if context_size is not None and (not isinstance(context_size, int) or context_size < 2):
+        raise ValueError(f"{config_file}: metadata.context_size is {context_size!r}; allowed: an integer >= 2 or null")
+    return sae
+
+
+def _checked_disk_loader(
+    path: str | Path, device: str = "cpu", cfg_overrides: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """SAELens' disk loader, then ``check_sae_tensors`` (so ``load_state_dict`` never meets a mismatch)."""
+    cfg_dict, state_dict = sae_lens_disk_loader(path, device, cfg_overrides=cfg_overrides)
+    check_sae_tensors(Path(path), cfg_dict, state_dict)
+    return cfg_dict, state_dict
+
+
+def check_sae_tensors(folder: Path, cfg_dict: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse, naming the file and tensor, weights that ``cfg.json`` does not describe or that are not finite.
+
+    Why: ``load_state_dict`` reports a mismatch as a 30-line traceback, and NaN weights load silently and
+    turn every metric, page and JSON file built from them into NaN.
+    """
+    weights_file, config_file = folder / SAE_WEIGHTS_FILE, folder / SAE_CONFIG_FILE
+    cfg_dict = handle_config_defaulting(dict(cfg_dict))
+    sae_cfg = SAE.get_sae_config_class_for_architecture(cfg_dict["architecture"]).from_dict(cfg_dict)
+    sae_cfg.device = "meta"
+    empty = SAE.get_sae_class_for_architecture(sae_cfg.architecture())(sae_cfg)
+    expected = {name: tuple(tensor.shape) for name, tensor in empty.state_dict().items()}
+    found = dict(state_dict)
+    empty.process_state_dict_for_loading(found)  # renames SAELens applies to older files
+    described = f"{config_file} (architecture {sae_cfg.architecture()!r}, d_in={sae_cfg.d_in}, d_sae={sae_cfg.d_sae})"
+    for name, shape in expected.items():
+        if name not in found:
+            raise ValueError(f"{weights_file}: tensor {name!r} is missing; {described} implies shape {shape}")
+        if tuple(found[name].shape) != shape:
+            raise ValueError(f"{weights_file}: tensor {name!r} has shape {tuple(found[name].shape)} but {described} "
+                             f"implies {shape}")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise ValueError(f"{weights_file}: tensors {extra} are not part of {described}; allowed: {sorted(expected)}")
+    for name, tensor in found.items():
+        bad = int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
+        if bad:
+            raise ValueError(f"{weights_file}: tensor {name!r} holds {bad} NaN/inf values; refusing to load an SAE "
+                             "with non-finite weights")

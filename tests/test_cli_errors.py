@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from hybrid_sae_ext import HybridSAE, cli
 from hybrid_sae_ext.activations import CacheWriter, Manifest
@@ -47,8 +48,29 @@ def _saved_sae(folder: Path) -> Path:
     torch.manual_seed(0)
     sae = HybridSAE(d_model=128, n_features=64, k_sparse=4)
     sae.cfg.metadata.hook_name = "blocks.0.hook_resid_post"
+    sae.cfg.metadata.model_name = TINY_LM_NAME
     sae.save_model(folder)
     return folder
+
+
+def _edit_sae(sae: Path, kind: str) -> None:
+    """Break a saved SAE the way ``kind`` says: its cfg.json, its weights, or its metadata."""
+    cfg = json.loads((sae / "cfg.json").read_text())
+    weights = load_file(sae / "sae_weights.safetensors")
+    if kind == "sae_broken_cfg":
+        (sae / "cfg.json").write_text('{"architecture": "hybrid", "d_in": 12')
+    elif kind == "sae_truncated":
+        (sae / "sae_weights.safetensors").write_bytes((sae / "sae_weights.safetensors").read_bytes()[:-100])
+    elif kind in ("sae_os_system", "sae_says_topk", "sae_d_in_64", "sae_context_negative"):
+        change = {"sae_os_system": {"architecture": "os.system"}, "sae_says_topk": {"architecture": "topk"},
+                  "sae_d_in_64": {"d_in": 64},
+                  "sae_context_negative": {"metadata": {**cfg["metadata"], "context_size": -5}}}[kind]
+        (sae / "cfg.json").write_text(json.dumps({**cfg, **change}))
+    elif kind == "sae_without_b_gate":
+        save_file({k: v for k, v in weights.items() if k != "b_gate"}, sae / "sae_weights.safetensors")
+    elif kind == "sae_nan":
+        weights["W_dec"][3, 5] = float("nan")
+        save_file(weights, sae / "sae_weights.safetensors")
 
 
 def _cache(folder: Path, **manifest_changes: object) -> Path:
@@ -79,14 +101,7 @@ def _prepare(kind: str, tmp: Path) -> dict[str, str]:
     elif kind == "empty_corpus":
         (inputs / "corpus.txt").write_text("")
     elif kind.startswith("sae"):
-        sae = _saved_sae(inputs / "sae")
-        if kind == "sae_broken_cfg":
-            (sae / "cfg.json").write_text('{"architecture": "hybrid", "d_in": 12')
-        elif kind == "sae_truncated":
-            (sae / "sae_weights.safetensors").write_bytes((sae / "sae_weights.safetensors").read_bytes()[:-100])
-        elif kind == "sae_os_system":
-            cfg = json.loads((sae / "cfg.json").read_text())
-            (sae / "cfg.json").write_text(json.dumps({**cfg, "architecture": "os.system"}))
+        _edit_sae(_saved_sae(inputs / "sae"), kind)
     elif kind == "existing_sae":
         _saved_sae(tmp / "out")
     elif kind.startswith("cache_"):
@@ -127,6 +142,25 @@ CASES = [
      r"in/sae/sae_weights\.safetensors: not a readable safetensors file"),
     ("eval_architecture_os_system", "evaluate", ["--sae_path", "{in}/sae"], "sae_os_system",
      r"cfg\.json: architecture 'os\.system' is not a registered SAE architecture; allowed: .*hybrid"),
+    ("eval_cfg_d_in_disagrees_with_weights", "evaluate", ["--sae_path", "{in}/sae"], "sae_d_in_64",
+     r"sae_weights\.safetensors: tensor 'b_dec' has shape \(128,\) but .*cfg\.json \(architecture 'hybrid', "
+     r"d_in=64, d_sae=64\) implies \(64,\)"),
+    ("eval_weights_missing_a_tensor", "evaluate", ["--sae_path", "{in}/sae"], "sae_without_b_gate",
+     r"sae_weights\.safetensors: tensor 'b_gate' is missing; .*cfg\.json \(architecture 'hybrid'.*implies shape \(64,\)"),
+    ("eval_cfg_architecture_disagrees_with_weights", "evaluate", ["--sae_path", "{in}/sae"], "sae_says_topk",
+     r"sae_weights\.safetensors: tensor 'b_enc' is missing; .*cfg\.json \(architecture 'topk'"),
+    ("eval_nan_weights", "evaluate", ["--sae_path", "{in}/sae"], "sae_nan",
+     r"sae_weights\.safetensors: tensor 'W_dec' holds 1 NaN/inf values; refusing to load"),
+    ("eval_negative_context_size", "evaluate", ["--sae_path", "{in}/sae"], "sae_context_negative",
+     r"cfg\.json: metadata\.context_size is -5; allowed: an integer >= 2 or null"),
+    ("dashboards_cfg_d_in_disagrees_with_weights", "dashboards", ["--sae_path", "{in}/sae", "--out", "{out}"],
+     "sae_d_in_64", r"sae_weights\.safetensors: tensor 'b_dec' has shape \(128,\) but"),
+    ("dashboards_nan_weights", "dashboards", ["--sae_path", "{in}/sae", "--out", "{out}"], "sae_nan",
+     r"sae_weights\.safetensors: tensor 'W_dec' holds 1 NaN/inf values"),
+    ("dashboards_negative_context_size", "dashboards", ["--sae_path", "{in}/sae", "--out", "{out}"],
+     "sae_context_negative", r"metadata\.context_size is -5"),
+    ("serve_weights_missing_a_tensor", "serve", ["--sae_path", "{in}/sae", "--dashboards", "{in}"],
+     "sae_without_b_gate", r"sae_weights\.safetensors: tensor 'b_gate' is missing"),
     ("eval_missing_sae", "evaluate", ["--sae_path", "{in}/nothing"], "", r"nothing/cfg\.json: missing"),
     ("eval_batch_size_negative", "evaluate", ["--sae_path", "{in}/sae", "--batch_sequences", "-3"], "sae",
      r"--batch_sequences=-3: must be an integer >= 1"),

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import simple_parsing
 import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from hybrid_sae_ext.activations.cache import CacheWriter, Manifest, storage_dtype
 from hybrid_sae_ext.activations.tokens import EMBEDDED_CORPUS, load_text_dataset, token_rows
 from hybrid_sae_ext.folders import check_output_dir, check_path_text, folder_lock
 from hybrid_sae_ext.models import TINY_LM_NAME, check_device, load_model, model_dtype
+from hybrid_sae_ext.progress import progress_bar
 
 NOT_PER_TOKEN = ("hook_pattern", "hook_attn_scores")  # [batch, head, q, k]: no single row per token
 OUTPUT_ONLY_FIELDS = {"output_dir", "progress"}  # fields that do not change what is captured
@@ -237,7 +237,7 @@ def _capture_missing(writer: CacheWriter, config: CaptureConfig, model: HookedTr
     layer, dtype = stop_layer(config.hook_names), storage_dtype(config.storage_dtype)
     pending: dict[str, list[torch.Tensor]] = {name: [] for name in config.hook_names}
     buffered = 0
-    with tqdm(total=config.total_tokens, initial=done, unit="tok", disable=not config.progress) as bar:
+    with progress_bar(total=config.total_tokens, initial=done, unit="tok", desc="capture", enabled=config.progress) as bar:
         for tokens in _batches(rows, config.batch_size):
             acts = capture_batch(model, tokens, config.hook_names, layer, config.skip_bos_activations)
             keep = slice(discard, discard + config.total_tokens - done - buffered)

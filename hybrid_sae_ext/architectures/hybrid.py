@@ -22,6 +22,12 @@ a gate opens where ``pi_gate > 0`` through a straight-through step (JumpReLU's r
 ``l0_coefficient * 2 / t * (L0 - t)^2`` on the batch's mean L0 (Gemma Scope 2's, on the mean so that
 L0 still varies per token), with no EMA.
 
+Refinement (``refine_steps``): the magnitude path may take learned steps along the reconstruction's gradient
+on each token's own open latents, ``v <- open * relu(v + rate_t * D_S (x - b_dec - D_S^T v))`` (``D_S``: the
+token's picked unit decoder rows), so the values of the chosen latents fit them jointly instead of one by
+one. Per token, at most ``k`` latents: the gate alone decides which latents fire; training differentiates
+through the steps.
+
 Dead latents: AuxK takes, per token, the top-``k_aux`` dead latents by ``pre`` (not ``pi_gate``,
 so a latent shut by a very negative ``b_gate`` is still found) and trains their encoder and decoder
 on the detached residual ``r = x - x_hat``. The gated auxiliary loss also reaches their gates: it
@@ -43,6 +49,7 @@ from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainSte
 from torch import Tensor, nn
 from typing_extensions import override
 
+from hybrid_sae_ext.architectures.gate_activation import GatedTopK
 from hybrid_sae_ext.architectures.hybrid_config import HybridSAEConfig, HybridTrainingSAEConfig
 from hybrid_sae_ext.kernels import TopKSelection, get_kernels
 from hybrid_sae_ext.kernels.primitives import gathered_dot, take
@@ -51,6 +58,9 @@ from hybrid_sae_ext.kernels.selection import select_topk
 
 TARGET_L0_THRESHOLD_RATE = 0.05
 """Per-step EMA rate of the adaptive gate threshold (``target_l0``): settles in ~1/rate steps."""
+REFINE_RATE_INIT = 0.5
+"""Initial step of each refinement step: below 1 / (largest eigenvalue of a pick's Gram matrix) for
+near-orthogonal unit rows, so early steps shrink the residual instead of overshooting."""
 
 
 class SparseCodes(NamedTuple):
@@ -114,12 +124,17 @@ class _HybridMixin:
     b_gate: nn.Parameter
     r_mag: nn.Parameter
     b_mag: nn.Parameter
+    refine_rate: nn.Parameter
     dtype: torch.dtype
     device: torch.device
 
     def _init_hybrid_params(self) -> None:
         for name in ("b_gate", "r_mag", "b_mag"):
             setattr(self, name, nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device)))
+        if self.cfg.refine_steps:
+            # Only refining SAEs carry it, so other checkpoints keep their state-dict keys.
+            rates = torch.full((self.cfg.refine_steps,), REFINE_RATE_INIT, dtype=self.dtype, device=self.device)
+            self.refine_rate = nn.Parameter(rates)
         self.W_enc.data = self.W_enc.data.t().contiguous().t()
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
@@ -159,6 +174,34 @@ class _HybridMixin:
         gate_pre = gate_pre - gate_threshold
         return gate_pre, magnitude * (gate_pre > 0)
 
+    def _inverse_norms(self) -> Tensor | None:
+        """The decodes' row scales: None where ``W_dec`` is stored unit-norm (inference)."""
+        return None
+
+    def _refine(
+        self,
+        values: Float[Tensor, "n k"],
+        indices: Int[Tensor, "n k"],
+        opened: Float[Tensor, "n k"],
+        centered: Float[Tensor, "n d_in"],
+        decoded: Float[Tensor, "n d_in"] | None = None,
+    ) -> Float[Tensor, "n k"]:
+        """The magnitude path's refinement steps (``refine_steps``; the module docstring has the rule).
+
+        ``centered`` is ``x - b_dec``; ``decoded`` (optional) the decode of ``values`` already at hand.
+        Why the ``open`` factor and not a mask of ``values > 0``: the gate decides the support, so a
+        latent the gate opened may take a value here even where its magnitude was clipped to 0.
+        """
+        kernels = get_kernels(self.kernel_backend)
+        scales = self._inverse_norms()
+        for rate in self.refine_rate if self.cfg.refine_steps else ():
+            if decoded is None:
+                decoded = kernels.decode(values, indices, self.W_dec, scales)
+            step = kernels.row_dots(centered - decoded, indices, self.W_dec, scales)
+            values = torch.relu(values + rate * step) * opened
+            decoded = None
+        return values
+
     def _flat(self, sae_in: Tensor) -> Tensor:
         return sae_in.reshape(-1, self.cfg.d_in)
 
@@ -188,7 +231,9 @@ class _HybridMixin:
         selection, _ = encode(
             self._flat(sae_in), self.W_enc, self.b_gate, self.cfg.k, selection_dtype=self.cfg.selection_dtype
         )
-        _, values = self._codes(selection, self._gate_threshold())
+        gate_pre, values = self._codes(selection, self._gate_threshold())
+        flat_in = self._flat(sae_in)
+        values = self._refine(values, selection.indices, (gate_pre > 0).to(values.dtype), self._centered(flat_in))
         lead = sae_in.shape[:-1]
         return SparseCodes(values.reshape(*lead, -1), selection.indices.reshape(*lead, -1))
 
@@ -205,16 +250,45 @@ class _HybridMixin:
         sae_out_pre = self.run_time_activation_norm_fn_out(sae_out_pre)  # type: ignore[attr-defined]
         return self.reshape_fn_out(sae_out_pre, self.d_head)  # type: ignore[attr-defined]
 
+    def get_activation_fn(self) -> GatedTopK:
+        """SAELens' ``TopK`` type applying the gate, so tools that dispatch on it treat the hybrid as top-k."""
+        return GatedTopK(self, self.cfg.k)
+
+    @property
+    def b_enc(self) -> Tensor:
+        """Read-only alias of ``b_mag`` (the bias of the magnitude path, whose values are the codes) for tools
+        that read every non-gated SAE's ``b_enc`` (SAEBench). Detached, not a Parameter, so SAELens' folds,
+        which shift a ``b_enc`` Parameter, leave it alone; the hybrid's own folds scale ``b_mag``."""
+        return self.b_mag.detach()
+
+    def gated_codes(self, pre: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
+        """Dense codes from the shared pre-activation ``pre``: top-k of ``pi_gate``, gated magnitudes."""
+        flat_pre = pre.reshape(-1, self.cfg.d_sae)
+        indices, _, values = self._gated_selection(flat_pre)
+        return torch.zeros_like(flat_pre).scatter(1, indices, values).reshape(pre.shape)
+
+    def _gated_selection(self, flat_pre: Float[Tensor, "n d_sae"]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(indices, gate pre-activations, gated magnitudes)`` of the top-k of ``pi_gate`` (exact scores)."""
+        indices, _ = select_topk(flat_pre + self.b_gate, self.b_gate, self.cfg.k, None, 0)
+        gate_pre, values = self._codes(TopKSelection(flat_pre.gather(1, indices), indices), self._gate_threshold())
+        return indices, gate_pre, values
+
     def _dense_encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """SAE-API encode: dense codes ``[..., d_sae]`` and the hooked pre-activations."""
         self._check_input(x)
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
         pre = self.hook_sae_acts_pre(sae_in @ self.W_enc)  # type: ignore[attr-defined]
-        flat_pre = pre.reshape(-1, self.cfg.d_sae)
-        indices, _ = select_topk(flat_pre + self.b_gate, self.b_gate, self.cfg.k, None, 0)
-        _, values = self._codes(TopKSelection(flat_pre.gather(1, indices), indices), self._gate_threshold())
-        dense = torch.zeros_like(flat_pre).scatter(1, indices, values).reshape(pre.shape)
+        if not self.cfg.refine_steps:
+            return self.hook_sae_acts_post(self.activation_fn(pre)), pre  # type: ignore[attr-defined]
+        # Refined codes depend on the input as well as on ``pre``: the activation function alone cannot give them.
+        indices, gate_pre, values = self._gated_selection(pre.reshape(-1, self.cfg.d_sae))
+        values = self._refine(values, indices, (gate_pre > 0).to(values.dtype), self._centered(self._flat(sae_in)))
+        dense = torch.zeros_like(pre).reshape(-1, self.cfg.d_sae).scatter(1, indices, values).reshape(pre.shape)
         return self.hook_sae_acts_post(dense), pre  # type: ignore[attr-defined]
+
+    def _centered(self, sae_in: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_in"]:
+        """``x - b_dec`` of a processed SAE input (what the refinement's residual is measured against)."""
+        return sae_in if self.cfg.apply_b_dec_to_input else sae_in - self.b_dec
 
     def _dense_decode(self, feature_acts: Tensor) -> Tensor:
         return self._finish_decode(feature_acts @ self.decoder_rows() + self.b_dec)
@@ -301,6 +375,9 @@ class HybridSAE(_HybridMixin, SAE[HybridSAEConfig]):
         self.W_dec.data.div_(common)
         for param in (self.W_enc, self.b_gate, self.b_mag):
             param.data.mul_(common)
+        if self.cfg.refine_steps:
+            # Codes scale by c and the rows' dots with the residual by 1 / c: the steps scale by c^2.
+            self.refine_rate.data.mul_(common**2)
 
 
 class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
@@ -344,6 +421,10 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
         without its ``d_sae x d_in`` passes (two forward, ~8 backward per step).
         """
         return inverse_row_norms(self.W_dec)
+
+    @override
+    def _inverse_norms(self) -> Tensor:
+        return self.decoder_scales()
 
     @override
     def decoder_rows(self) -> Tensor:
@@ -392,9 +473,9 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
             )
             t = self.cfg.target_l0
             l0_penalty = self.cfg.l0_coefficient * 2 / t * (opened.sum(-1).mean() - t) ** 2
-            values = magnitude * opened
         else:
-            values = magnitude * (gate_pre - self._forward_threshold(gate_pre.detach()) > 0)
+            opened = (gate_pre - self._forward_threshold(gate_pre.detach()) > 0).to(magnitude.dtype)
+        values = magnitude * opened
         # The decodes use unit-norm rows and differentiate through the normalisation themselves, given
         # the inverse norms (see ``decoder_scales``); the gradient's norm term lands in W_dec's in place.
         W_dec = self.W_dec
@@ -403,6 +484,9 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
         gate_act = torch.relu(gate_pre)
         # The gated auxiliary reconstruction trains the gate only: its decoder and b_dec are detached.
         decoded, gate_decoded = kernels.decode_pair(values, gate_act, sel.indices, W_dec, W_dec.detach(), scales)
+        if self.cfg.refine_steps:
+            values = self._refine(values, sel.indices, opened, target - self.b_dec, decoded)
+            decoded = kernels.decode(values, sel.indices, W_dec, scales)
         sae_out = decoded + self.b_dec
         mse = (sae_out - target).pow(2).sum(-1).mean()
         via_gate = gate_decoded + self.b_dec.detach()
@@ -425,19 +509,23 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        """SAELens' training step on the sparse forward; the codes go to its stats as a sparse COO
-        tensor (``batch * k`` entries; SAELens' trainer reads ``feature_acts`` through ``.bool()``,
-        ``.sum`` and ``.to_dense()`` of reductions, which accept it), never a dense ``batch x d_sae``."""
+        """SAELens' training step on the sparse forward. ``feature_acts`` (detached) is dense ``[batch, d_sae]``,
+        or with ``use_sparse_activations`` a sparse COO tensor of ``batch * k`` entries (SAELens' trainer reads
+        it through ``.bool()``, ``.sum`` and ``.to_dense()`` of reductions, which accept either)."""
         out = self.hybrid_forward(
             step_input.sae_in, step_input.dead_neuron_mask, step_input.coefficients.get("l1")
         )
         with torch.no_grad():
             values, indices = out.codes.values.detach(), out.codes.indices
-            tokens = torch.arange(values.shape[0], device=values.device).repeat_interleave(values.shape[1])
-            feature_acts = torch.sparse_coo_tensor(
-                torch.stack([tokens, indices.reshape(-1)]), values.reshape(-1), (values.shape[0], self.cfg.d_sae),
-                is_coalesced=True, check_invariants=False,
-            )
+            shape = (values.shape[0], self.cfg.d_sae)
+            if self.cfg.use_sparse_activations:
+                tokens = torch.arange(values.shape[0], device=values.device).repeat_interleave(values.shape[1])
+                feature_acts = torch.sparse_coo_tensor(
+                    torch.stack([tokens, indices.reshape(-1)]), values.reshape(-1), shape,
+                    is_coalesced=True, check_invariants=False,
+                )
+            else:
+                feature_acts = values.new_zeros(shape).scatter_(1, indices, values)
         return TrainStepOutput(
             sae_in=step_input.sae_in,
             sae_out=out.sae_out.reshape(step_input.sae_in.shape),

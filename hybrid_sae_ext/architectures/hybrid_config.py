@@ -19,6 +19,8 @@ from hybrid_sae_ext.kernels.selection import SELECTION_DTYPES
 # in different spaces; "expected_average_only_in" is applied by the data pipeline, so it is safe.
 _TRAINING_NORMALIZATIONS = ("none", "expected_average_only_in")
 GATE_RULES = ("token", "batch", "jump")
+MAX_REFINE_STEPS = 8
+"""A cap on ``refine_steps``: each step costs a decode and its transpose per token."""
 
 
 def _validate_k(d_in: int, d_sae: int, k: int) -> None:
@@ -35,6 +37,11 @@ def _validate_selection_dtype(selection_dtype: str) -> None:
         raise ValueError(f"selection_dtype={selection_dtype!r} is not one of {SELECTION_DTYPES}")
 
 
+def _validate_refine_steps(refine_steps: int) -> None:
+    if not 0 <= refine_steps <= MAX_REFINE_STEPS:
+        raise ValueError(f"refine_steps must be in [0, {MAX_REFINE_STEPS}], got refine_steps={refine_steps}")
+
+
 def _validate_target_l0(target_l0: float | None, k: int) -> None:
     if target_l0 is not None and not 0 < target_l0 <= k:
         raise ValueError(f"target_l0 must be None or in (0, k={k}], got target_l0={target_l0}")
@@ -49,11 +56,14 @@ class HybridSAEConfig(SAEConfig):
     selection_dtype: str = "auto"
     """How ``encode_sparse`` scores the top-k candidates, as in training (see ``HybridTrainingSAEConfig``);
     the dense SAE-API ``encode`` always selects on its exact pre-activations."""
+    refine_steps: int = 0
+    """Refinement steps of the magnitude path (see ``HybridTrainingSAEConfig``), as trained."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _validate_k(self.d_in, self.d_sae, self.k)
         _validate_selection_dtype(self.selection_dtype)
+        _validate_refine_steps(self.refine_steps)
 
     @override
     @classmethod
@@ -92,6 +102,15 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
     """Weight of the "jump" gate's quadratic L0 penalty around target_l0."""
     gate_bandwidth: float = 0.05
     """Width of the "jump" gate's straight-through estimator (JumpReLU's bandwidth)."""
+    refine_steps: int = 0
+    """Refinement steps of the magnitude path: each moves the open latents' values one learned step along
+    the reconstruction's gradient on that token's own picks (``relu(v + rate * D_S (x - x_hat))``), so the
+    values fit the chosen latents jointly. Costs a decode and its transpose per step (batch x k); 0: off."""
+    use_sparse_activations: bool = False
+    """As SAELens' TopK training SAE (same name, same default): False gives ``training_forward_pass`` a dense
+    ``feature_acts`` ``[batch, d_sae]`` that user code can compare and ``.abs()``; it costs ``batch x d_sae``
+    values per step (4096 tokens x 32768 latents in float32: 512 MiB) on top of the sparse forward, which
+    never needs it. True gives the sparse COO tensor (``batch x k`` entries) that SAELens' trainer accepts."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,6 +127,7 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(f"gate_rule={self.gate_rule!r} is not one of {GATE_RULES}")
         if self.gate_rule != "token" and self.target_l0 is None:
             raise ValueError(f"gate_rule={self.gate_rule!r} allocates latents towards target_l0: set target_l0")
+        _validate_refine_steps(self.refine_steps)
         if not self.gate_bandwidth > 0:
             raise ValueError(f"gate_bandwidth must be > 0, got {self.gate_bandwidth}")
         for name in ("l1_coefficient", "gate_aux_coefficient", "aux_k_coefficient", "l0_coefficient"):

@@ -1,6 +1,6 @@
 """``hybrid-sae dashboards``: build feature dashboards for every latent of a saved SAE (statistics, site, exports).
 
-Example (the main job's SAE, the embedded corpus, offline)::
+Example (the main job's SAE, the embedded corpus, offline; with no --sae_path, the shipped pretrained SAE)::
 
     hybrid-sae dashboards --sae_path results/hybrid-tiny-lm --out results/dashboards --tokens 500000
 

@@ -7,20 +7,21 @@ build with one line naming the value before any model forward pass runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import simple_parsing
 
 from hybrid_sae_ext.activations.tokens import EMBEDDED_CORPUS
+from hybrid_sae_ext.pretrained import DEFAULT_SAE_PATH
 
 
 @dataclass
 class DashboardConfig:
     """One dashboard build: which SAE, over which tokens, and how much to keep per latent."""
 
-    sae_path: str
-    """Folder of a saved SAELens SAE (cfg.json + sae_weights.safetensors); model and hook come from its metadata."""
-    out: str
+    sae_path: str = str(DEFAULT_SAE_PATH)
+    """Folder of a saved SAELens SAE (cfg.json + sae_weights.safetensors); model and hook come from its metadata.
+    Default: the shipped pretrained hybrid SAE of the embedded model."""
+    out: str = "results/dashboards"
     """Output folder: statistics (stats.safetensors, dashboard.json), the static site (site/) and exports."""
     tokens: int = 100_000
     """Token positions to run through the SAE (whole rows of the SAE's context size; BOS positions excluded)."""
@@ -66,6 +67,9 @@ class DashboardConfig:
     """torch intra-op threads for the build (0: torch's default). On a CPU shared with other work, 1 is often faster."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    overwrite: bool = False
+    """Build into an --out that already holds files (a finished build, or anything else): its site/, exports/
+    and statistics are replaced. Without it only an empty folder or this build's own unfinished state is used."""
 
     def __post_init__(self) -> None:
         positive = ("tokens", "batch_rows", "n_top", "quantile_groups", "examples_per_group", "sample_size",

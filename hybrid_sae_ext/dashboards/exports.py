@@ -16,6 +16,7 @@ from typing import Any
 
 from hybrid_sae_ext.dashboards.records import DashboardData
 from hybrid_sae_ext.io import atomic_path
+from hybrid_sae_ext.progress import progress_bar
 
 FEATURES_PER_BATCH = 128
 CREATOR_ID = "hybrid-sae-ext"
@@ -31,19 +32,27 @@ def _activation(example: dict[str, Any], bin_min: float, bin_max: float, bin_con
             "values": example["values"], "qualifying_token_index": example["center"]}
 
 
+TOP_ACTIVATIONS_BIN = -1
+"""SAEDashboard's marker of the top-activations group: ``bin_min = bin_contains = -1`` (its quantile groups
+carry the range's lower edge and the share of firings in the range instead)."""
+
+
 def saedashboard_feature(record: dict[str, Any], data: DashboardData) -> dict[str, Any]:
     """One feature as SAEDashboard's ``NeuronpediaDashboardFeature.to_dict()`` lays it out."""
     activations = []
     if record["top_examples"]:
         acts = [e["activation"] for e in record["top_examples"]]
-        share = len(acts) / record["count"] if record["count"] else 0.0
-        activations += [_activation(e, min(acts), max(acts), share) for e in record["top_examples"]]
+        activations += [_activation(e, TOP_ACTIVATIONS_BIN, max(acts), TOP_ACTIVATIONS_BIN)
+                        for e in record["top_examples"]]
     groups: dict[float, list[dict[str, Any]]] = {}
     for e in record["quantile_examples"]:
         groups.setdefault(e["group"], []).append(e)
     for group in groups.values():
         acts = [e["activation"] for e in group]
-        activations += [_activation(e, min(acts), max(acts), 1 / len(groups)) for e in group]
+        # Each example's exact quantile among the latent's firings: the share in [min, max] is their spread.
+        quantiles = [e["quantile"] for e in group]
+        share = round(max(quantiles) - min(quantiles), 6)
+        activations += [_activation(e, min(acts), max(acts), share) for e in group]
     logits = record["logits"]
     return {
         "feature_index": record["index"],
@@ -83,10 +92,21 @@ def _write_jsonl(path: Path, row: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(row) + "\n")
 
 
+def neuronpedia_model_id(model_name: str) -> str:
+    """Neuronpedia's ``Model.id`` for a model name: its schema allows ``[a-zA-Z0-9_-]`` and lowercases ids. The
+    export's model folder has this name too, so the folder, ``model.jsonl`` and every row's ``modelId`` agree."""
+    return re.sub(r"[^a-z0-9_-]+", "-", model_name.lower()).strip("-")
+
+
+def model_owner(model_name: str) -> str:
+    """Neuronpedia's required ``Model.owner``: the hub organisation of ``org/name`` model names, else unknown."""
+    return model_name.split("/", 1)[0] if "/" in model_name else "unknown"
+
+
 def neuronpedia_rows(feature: dict[str, Any], data: DashboardData, record: dict[str, Any],
                      created: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``Feature`` row and ``Activation`` rows of one latent in Neuronpedia's bulk-import schema."""
-    model_id, layer = data.meta["model_name"], source_id(data)
+    model_id, layer = neuronpedia_model_id(data.meta["model_name"]), source_id(data)
     row = {k: feature[k] for k in feature if k not in {"feature_index", "activations", "n_prompts_total",
                                                        "n_tokens_in_prompt", "dataset"}}
     row |= {"modelId": model_id, "layer": layer, "index": str(record["index"]), "creatorId": CREATOR_ID,
@@ -104,18 +124,20 @@ def neuronpedia_rows(feature: dict[str, Any], data: DashboardData, record: dict[
             "dfaValues": [], "dfaTargetIndex": None, "dfaMaxValue": None, "createdAt": created, "lossValues": [],
             "logitContributions": None, "binMin": act["bin_min"], "binMax": act["bin_max"],
             "binContains": act["bin_contains"], "qualifyingTokenIndex": act["qualifying_token_index"],
-            "zIndices": None, "zValues": None,
+            "zIndices": [], "zValues": [],
         })
     return row, activations
 
 
-def write_exports(data: DashboardData, folder: Path) -> Path:
+def write_exports(data: DashboardData, folder: Path, progress: bool = False) -> Path:
     """Write ``saedashboard/batch-N.json`` and ``neuronpedia/<model>/<source>/...`` under ``folder``."""
     created = datetime.now(timezone.utc).isoformat()
     layer = source_id(data)
-    model_dir = re.sub(r"[^A-Za-z0-9._-]+", "-", data.meta["model_name"])
-    neuronpedia = Path(folder) / "neuronpedia" / model_dir / layer
-    for start in range(0, data.d_sae, FEATURES_PER_BATCH):
+    name = data.meta["model_name"]
+    model_id = neuronpedia_model_id(name)
+    neuronpedia = Path(folder) / "neuronpedia" / model_id / layer
+    starts = range(0, data.d_sae, FEATURES_PER_BATCH)
+    for start in progress_bar(starts, desc="dashboard exports", unit="batch", enabled=progress):
         latents = range(start, min(start + FEATURES_PER_BATCH, data.d_sae))
         records = [data.record(i) for i in latents]
         features = [saedashboard_feature(r, data) for r in records]
@@ -128,15 +150,16 @@ def write_exports(data: DashboardData, folder: Path) -> Path:
         _write_jsonl_gz(neuronpedia / "activations" / f"batch-{batch}.jsonl.gz", [a for _, acts in rows for a in acts])
     set_name = layer.split("-", 1)[1]
     _write_jsonl(neuronpedia / "model.jsonl", {
-        "id": data.meta["model_name"], "instruct": False, "creatorId": CREATOR_ID, "displayNameShort": data.meta["model_name"],
-        "displayName": data.meta["model_name"], "tlensId": data.meta["model_name"], "dimension": data.meta["d_in"],
+        "id": model_id, "instruct": False, "creatorId": CREATOR_ID, "displayNameShort": name, "displayName": name,
+        "tlensId": name, "dimension": data.meta["d_in"], "layers": data.meta["model_layers"],
+        "neuronsPerLayer": data.meta["model_d_mlp"], "owner": model_owner(name),
         "visibility": "PUBLIC", "createdAt": created, "updatedAt": created})
     _write_jsonl(neuronpedia / "sourceset.jsonl", {
-        "modelId": data.meta["model_name"], "name": set_name, "creatorId": CREATOR_ID, "hasDashboards": True,
+        "modelId": model_id, "name": set_name, "creatorId": CREATOR_ID, "hasDashboards": True,
         "visibility": "PUBLIC", "description": f"{data.meta['architecture']} SAE, {data.d_sae} latents",
         "type": data.meta["hook_name"], "creatorName": CREATOR_ID, "createdAt": created})
     _write_jsonl(neuronpedia / "source.jsonl", {
-        "id": layer, "modelId": data.meta["model_name"], "setName": set_name, "creatorId": CREATOR_ID,
+        "id": layer, "modelId": model_id, "setName": set_name, "creatorId": CREATOR_ID,
         "hasDashboards": True, "visibility": "PUBLIC", "num_prompts": int(data.meta["rows"]),
         "num_tokens_in_prompt": int(data.meta["context_size"]), "dataset": str(data.meta["config"]["dataset"]),
         "createdAt": created})

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hybrid_sae_ext.dashboards.decode import span_token_texts, token_bytes
 from hybrid_sae_ext.dashboards.source import SAESource, encode_firings, hook_activations
 
 MAX_TEXT_CHARS = 2000
@@ -22,6 +23,9 @@ MAX_NEW_TOKENS = 64
 MAX_ABS_STRENGTH = 1000.0
 """Largest |strength| for steering; beyond it the residual stream is noise, not a feature."""
 STEER_MODES = ("add", "clamp")
+GREEDY_BELOW_TEMPERATURE = 1e-4
+"""Temperatures below this sample greedily: ``logits / temperature`` would overflow float32 near 1e-37, and
+already at 1e-4 the sampled distribution is the argmax at float precision."""
 
 
 class LiveModel:
@@ -30,7 +34,6 @@ class LiveModel:
     def __init__(self, source: SAESource) -> None:
         self.source = source
         self.lock = threading.Lock()
-        self.vocab_text = source.model.tokenizer.decode
 
     def tokenize(self, text: str) -> Tensor:
         """``[1, n]`` token ids (BOS first when the SAE was trained that way); a ValueError when too long."""
@@ -47,26 +50,28 @@ class LiveModel:
         if not 0 <= latent < self.source.d_sae:
             raise ValueError(f"unknown latent {latent}; this SAE has latents 0..{self.source.d_sae - 1}")
 
-    def _codes(self, tokens: Tensor) -> tuple[list[str], Tensor, Tensor, Tensor]:
-        """Text tokens (BOS dropped) and the firings of their positions."""
+    def _codes(self, tokens: Tensor) -> tuple[list[int], Tensor, Tensor, Tensor]:
+        """Text token ids (BOS dropped) and the firings of their positions."""
         with self.lock:
             firings, _ = encode_firings(self.source, hook_activations(self.source, tokens))
         first = int(self.source.prepend_bos)
         keep = firings.token >= first
-        strings = [self.vocab_text([int(t)]) for t in tokens[0, first:]]
-        return strings, firings.token[keep] - first, firings.latent[keep], firings.value[keep]
+        return tokens[0, first:].tolist(), firings.token[keep] - first, firings.latent[keep], firings.value[keep]
 
     def activations(self, text: str, top_k: int = 5, latent: int | None = None) -> dict[str, Any]:
-        """Tokens of ``text``, the ``top_k`` latents of each token, and (if asked) one latent's value per token."""
+        """Tokens of ``text`` (as the tokenizer decodes the span, with each token's raw bytes), the ``top_k``
+        latents of each token, and (if asked) one latent's value per token."""
         if latent is not None:
             self.check_latent(latent)
-        strings, token, ids, values = self._codes(self.tokenize(text))
+        token_ids, token, ids, values = self._codes(self.tokenize(text))
+        tokenizer = self.source.model.tokenizer
+        strings = span_token_texts(tokenizer, token_ids)
         per_token: list[list[dict[str, Any]]] = [[] for _ in strings]
         order = torch.argsort(values, descending=True, stable=True)
         for t, i, v in zip(token[order].tolist(), ids[order].tolist(), values[order].tolist()):
             if len(per_token[t]) < top_k:
                 per_token[t].append({"feature": i, "activation": round(v, 4)})
-        out: dict[str, Any] = {"tokens": strings, "features": per_token}
+        out: dict[str, Any] = {"tokens": strings, "token_bytes": token_bytes(tokenizer, token_ids), "features": per_token}
         if latent is not None:
             chosen = torch.zeros(len(strings))
             chosen[token[ids == latent]] = values[ids == latent]
@@ -105,7 +110,7 @@ class LiveModel:
         with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
             for _ in range(max_new_tokens):
                 logits = model(tokens[:, -model.cfg.n_ctx :])[0, -1].float()
-                if temperature == 0:
+                if temperature < GREEDY_BELOW_TEMPERATURE:
                     next_token = logits.argmax().view(1, 1)
                 else:
                     probs = torch.softmax(logits / temperature, -1)

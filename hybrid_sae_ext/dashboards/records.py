@@ -7,6 +7,7 @@ same numbers; they all go through ``DashboardData.record``.
 from __future__ import annotations
 
 import json
+import math
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -134,5 +135,19 @@ class DashboardData:
         return {
             "density": [float(f"{d:.3g}") for d in self.density.tolist()],
             "max": _rounded(s["max"], 3), "mean": _rounded(s["mean"], 3),
-            "top": ["".join(f"[{self.vocab[t]}]" for t in self.top_token_ids(i)) for i in range(self.d_sae)],
+            "top": [[self.vocab[t] for t in self.top_token_ids(i)] for i in range(self.d_sae)],
         }
+
+    def density_histogram(self, bins_per_decade: int = 5) -> dict[str, Any]:
+        """Firing densities of all latents in log-spaced bins from the smallest possible density (1 / tokens) to 1.
+
+        Why log bins: densities span several decades, and the shape on a log axis (a bulk, a dense tail, a spike
+        of rare latents) is what tells a healthy SAE from a broken one. Dead latents have no place on a log axis
+        and are counted apart.
+        """
+        lowest = math.floor(math.log10(1 / max(int(self.meta["tokens"]), 1)))
+        edges = [10 ** (lowest + i / bins_per_decade) for i in range(-lowest * bins_per_decade + 1)]
+        alive = self.density[self.density > 0]
+        bins = torch.bucketize(alive, torch.tensor(edges, dtype=alive.dtype), right=True).clamp(1, len(edges) - 1) - 1
+        return {"edges": edges, "counts": torch.bincount(bins, minlength=len(edges) - 1).tolist(),
+                "dead": self.d_sae - len(alive)}

@@ -9,14 +9,15 @@ folder and renamed into place, so a crash never leaves half a site under the fin
 from __future__ import annotations
 
 import html
-import json
+import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from hybrid_sae_ext.dashboards.records import DashboardData
-from hybrid_sae_ext.io import fsync_dir
+from hybrid_sae_ext.io import fsync_dir, json_text
+from hybrid_sae_ext.progress import progress_bar
 
 ASSETS = Path(__file__).parent / "assets"
 SITE_ASSETS = ("common.js", "dashboard.css", "latent.js", "index.js")
@@ -35,7 +36,7 @@ def index_page_name(page: int) -> str:
 
 def embed_json(payload: Any) -> str:
     """JSON safe inside a ``<script>`` element (no ``</script>`` can close it early)."""
-    return json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
+    return json_text(payload, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
 
 
 def _page(title: str, prefix: str, data_id: str, payload: Any, body: str, script: str) -> str:
@@ -74,15 +75,46 @@ def index_page(data: DashboardData, page: int, n_pages: int) -> str:
     body = (
         f"<h1>{html.escape(meta['model_name'])} · {html.escape(meta['hook_name'])}: {data.d_sae:,} latents</h1>"
         f"<p>{html.escape(meta['architecture'])} SAE, statistics over {meta['tokens']:,} tokens. {pages}</p>"
-        "<div class=\"controls\"><input type=\"text\" id=\"filter\" placeholder=\"filter by token or latent id\"> "
-        "<label><input type=\"checkbox\" id=\"hide-dead\"> hide dead</label> "
-        "<label><input type=\"checkbox\" id=\"only-dense\"> only dense</label> <span id=\"shown\"></span></div>"
+        f"{density_figure(data)}"
+        "<div class=\"controls\"><input type=\"text\" id=\"filter\" placeholder=\"filter by token or latent id\">"
+        "<label><input type=\"checkbox\" id=\"hide-dead\"> hide dead</label>"
+        "<label><input type=\"checkbox\" id=\"only-dense\"> only dense</label><span id=\"shown\"></span></div>"
         f"<table id=\"latents\"><thead><tr>{header}</tr></thead><tbody id=\"latents-body\"></tbody></table>"
     )
     return _page(f"Dashboards: {meta['hook_name']}", "", "index-data", payload, body, "index.js")
 
 
-def write_site(data: DashboardData, site: Path) -> Path:
+def density_figure(data: DashboardData, width: int = 640, height: int = 150) -> str:
+    """The firing densities of all latents as an inline SVG histogram on a log axis (no script, no library)."""
+    hist, dense = data.density_histogram(), float(data.meta["config"]["dense_density"])
+    counts, edges = hist["counts"], hist["edges"]
+    lowest, left, top, bottom = round(math.log10(edges[0])), 40, 8, 22
+    plot_w, plot_h = width - left - 10, height - top - bottom
+
+    def x_of(density: float) -> float:
+        return left + plot_w * (math.log10(density) - lowest) / -lowest
+
+    peak = max(1, *counts)
+    shapes = [f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#999"/>']
+    for count, low, high in zip(counts, edges, edges[1:]):
+        bar = plot_h * count / peak
+        shapes.append(f'<rect class="bar" x="{x_of(low):.1f}" y="{top + plot_h - bar:.1f}" '
+                      f'width="{x_of(high) - x_of(low) - 1:.1f}" height="{bar:.1f}" data-count="{count}">'
+                      f'<title>{count} latents with density in [{low:.2g}, {high:.2g})</title></rect>')
+    for exponent in range(lowest, 1):
+        shapes.append(f'<text x="{x_of(10.0 ** exponent):.1f}" y="{height - 6}" text-anchor="middle">'
+                      f'{"1" if exponent == 0 else f"1e{exponent}"}</text>')
+    dense_x = f"{x_of(dense):.1f}"
+    shapes.append(f'<line class="dense-line" x1="{dense_x}" y1="{top}" x2="{dense_x}" y2="{top + plot_h}">'
+                  f'<title>dense above {dense:g}</title></line>')
+    return (f'<figure class="density" id="density-histogram"><svg viewBox="0 0 {width} {height}" width="{width}" '
+            f'height="{height}" role="img" aria-label="histogram of latent firing densities">{"".join(shapes)}</svg>'
+            f'<figcaption>Firing density of all {data.d_sae:,} latents: the share of tokens on which each fires, log '
+            f'scale; bar height: latents per bin (tallest {peak:,}); dashed: the dense threshold {dense:g}. '
+            f'Dead latents (not on the axis): <span id="dead-count">{hist["dead"]}</span>.</figcaption></figure>')
+
+
+def write_site(data: DashboardData, site: Path, progress: bool = False) -> Path:
     """Write the whole site into a staging folder, check page sizes, then swap it in for ``site``."""
     site = Path(site)
     parent = site.parent
@@ -97,7 +129,7 @@ def write_site(data: DashboardData, site: Path) -> Path:
     pages = {index_page_name(p): index_page(data, p, n_pages) for p in range(n_pages)}
     for name, text in pages.items():
         _write_page(staging / name, text)
-    for latent in range(data.d_sae):
+    for latent in progress_bar(range(data.d_sae), desc="dashboard site", unit="page", enabled=progress):
         _write_page(staging / "latents" / latent_page_name(latent), latent_page(data, latent))
     fsync_dir(staging)
     if site.exists():

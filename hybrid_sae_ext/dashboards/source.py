@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 
 import torch
 from sae_lens import SAE, HookedSAETransformer
-from safetensors import SafetensorError
 from transformer_lens import HookedTransformer
 
 import hybrid_sae_ext  # noqa: F401  (registers "hybrid" with SAELens)
@@ -24,7 +23,7 @@ from hybrid_sae_ext.activations.capture import capture_batch, stop_layer, valida
 from hybrid_sae_ext.activations.tokens import load_text_dataset, token_rows
 from hybrid_sae_ext.architectures import HybridSAE
 from hybrid_sae_ext.kernels import get_kernels
-from hybrid_sae_ext.models import load_model
+from hybrid_sae_ext.models import load_model, load_sae_folder
 
 
 @dataclass
@@ -65,10 +64,7 @@ def read_sae_metadata(sae_path: str | Path) -> dict[str, Any]:
 def load_source(sae_path: str | Path, device: str = "cpu") -> SAESource:
     """Load the SAE (SAELens, any architecture) and the model its metadata names, checking that they fit."""
     metadata = read_sae_metadata(sae_path)
-    try:
-        sae = SAE.load_from_disk(str(sae_path), device=device)
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{sae_path}: cannot load the SAE ({type(err).__name__}: {err})") from None
+    sae = load_sae_folder(sae_path, device)
     model = load_model(metadata["model_name"], device=device, model_class=HookedSAETransformer)
     validate_hook_names(model, [metadata["hook_name"]])
     if model.tokenizer is None:

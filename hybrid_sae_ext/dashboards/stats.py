@@ -24,7 +24,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from hybrid_sae_ext.dashboards.accumulate import (
     NO_EXAMPLE,
@@ -46,10 +45,11 @@ from hybrid_sae_ext.dashboards.source import (
 )
 from hybrid_sae_ext.dashboards.weights import cofiring_neighbours
 from hybrid_sae_ext.io import atomic_path, sha256_file
+from hybrid_sae_ext.progress import progress_bar
 
 STATE_FILE = ".stats-state.safetensors"
 STATS_FILE = "stats.safetensors"
-OUTPUT_ONLY = {"out", "progress", "device", "checkpoint_every", "threads"}
+OUTPUT_ONLY = {"out", "progress", "device", "checkpoint_every", "threads", "overwrite"}
 
 
 @dataclasses.dataclass
@@ -237,8 +237,8 @@ def compute_statistics(cfg: DashboardConfig, source: SAESource, stop_after_batch
     state, progress = loaded or (_fresh_pass1(cfg, source.d_sae, source.is_hybrid),
                                  {"header": plan.header, "pass": 1, "rows_done": 0})
     budget = itertools.count() if stop_after_batches is None else iter(range(stop_after_batches))
-    with tqdm(total=2 * plan.rows, initial=(progress["pass"] - 1) * plan.rows + progress["rows_done"], unit="row",
-              desc="dashboard statistics", disable=not cfg.progress) as bar:
+    with progress_bar(total=2 * plan.rows, initial=(progress["pass"] - 1) * plan.rows + progress["rows_done"],
+                      unit="row", desc="dashboard statistics", enabled=cfg.progress) as bar:
         while progress["pass"] <= 2:
             rows = itertools.islice(corpus_rows(source, cfg.dataset, cfg.split), progress["rows_done"], plan.rows)
             while progress["rows_done"] < plan.rows:

@@ -58,11 +58,12 @@ class ShardedHybridSAE(nn.Module):
 
     def __init__(self, full: HybridTrainingSAE, group: dist.ProcessGroup | None = None):
         super().__init__()
-        if full.cfg.target_l0 is not None:  # every gate rule but fixed-k "token" needs one (config-checked)
-            # Its forward has no gate threshold: such an SAE would silently train as fixed k.
+        if full.cfg.target_l0 is not None or full.cfg.refine_steps:  # every gate rule but "token" needs target_l0
+            # Its forward has no gate threshold and no refinement: such an SAE would silently train as plain fixed k.
             raise NotImplementedError(
-                f"sharded training supports the fixed-k hybrid only (gate_rule='token', target_l0=None); got "
-                f"gate_rule={full.cfg.gate_rule!r}, target_l0={full.cfg.target_l0}: train it unsharded"
+                f"sharded training supports the fixed-k hybrid only (gate_rule='token', target_l0=None, "
+                f"refine_steps=0); got gate_rule={full.cfg.gate_rule!r}, target_l0={full.cfg.target_l0}, "
+                f"refine_steps={full.cfg.refine_steps}: train it unsharded"
             )
         self.cfg = full.cfg
         self.group = group

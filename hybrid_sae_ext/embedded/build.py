@@ -16,7 +16,6 @@ import datasets
 import torch
 from simple_parsing import parse
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from tqdm import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from hybrid_sae_ext.embedded.corpus import write_corpus
@@ -28,6 +27,7 @@ from hybrid_sae_ext.models import (
     wrap_tokenizer,
     save_model_folder,
 )
+from hybrid_sae_ext.progress import progress_bar
 
 
 @dataclass
@@ -114,7 +114,7 @@ def build(cfg: TinyLMConfig) -> dict[str, float]:
     )
     generator = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
-    progress = tqdm(range(cfg.steps), desc="tiny-lm")
+    progress = progress_bar(range(cfg.steps), desc="tiny-lm")
     for step in progress:
         batch = train[torch.randint(0, train.shape[0], (cfg.batch_size,), generator=generator)]
         loss = model(batch, return_type="loss")

@@ -8,8 +8,9 @@ Metrics are printed and written as JSON (default ``<sae_path>/splice_eval.json``
 ``hybrid_sae_ext.evals.splice`` for their definitions and how BOS/special tokens are handled.
 Why a typed config and ``evaluate_from_config``: the load-evaluate-write path is testable
 in-process. The SAE folder is read with ``SAE.load_from_disk`` (any registered architecture,
-``hybrid`` included, since importing ``hybrid_sae_ext`` registers it); the model is loaded by
-name with ``hybrid_sae_ext.models.load_model``, so the embedded default works offline.
+``hybrid`` included, since importing ``hybrid_sae_ext`` registers it); the model is the one the SAE's
+metadata names (never silently another), loaded with ``hybrid_sae_ext.models.load_model``, so the
+embedded default works offline.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class EvaluateSAEConfig:
 
     sae_path: str
     """Folder written by SAELens' ``save_model`` (cfg.json + sae_weights.safetensors)."""
-    model_name: str = simple_parsing.field(default=TINY_LM_NAME, alias="--model")
-    """Model name or folder for ``hybrid_sae_ext.models.load_model``."""
+    model_name: str | None = simple_parsing.field(default=None, alias="--model")
+    """Model name or folder for ``hybrid_sae_ext.models.load_model``; default the SAE's own
+    ``metadata.model_name`` (the embedded default when the SAE names none). Given, it overrides the SAE's."""
     output: str | None = simple_parsing.field(default=None, alias="--out")
     """JSON file for the metrics; default ``<sae_path>/splice_eval.json``."""
     dataset: str = str(CORPUS_DIR)
@@ -58,6 +60,8 @@ class EvaluateSAEConfig:
     """Firing frequency (fraction of tokens) above which a latent counts as dense."""
     device: str = "cpu"
     """Device for the model and the SAE."""
+    progress: bool = True
+    """Show a progress bar (a line every 30 s when stderr is not a terminal)."""
 
     def __post_init__(self) -> None:
         check_path_text(self.sae_path, "--sae_path")
@@ -88,7 +92,8 @@ def evaluate_from_config(cfg: EvaluateSAEConfig) -> SpliceEvalResult:
     """Load the SAE, the model and the tokens, evaluate, and write ``cfg.output_path`` atomically."""
     cfg.check_output()
     sae = load_sae_folder(cfg.sae_path, device=cfg.device)
-    model = load_model(cfg.model_name, device=cfg.device)
+    model_name = cfg.model_name or sae.cfg.metadata.model_name or TINY_LM_NAME
+    model = load_model(model_name, device=cfg.device)
     context_size = cfg.context_size or sae.cfg.metadata.context_size or model.cfg.n_ctx
     tokens = load_eval_tokens(
         model, cfg.dataset, cfg.split, context_size=context_size, n_rows=cfg.batch_size * cfg.n_batches
@@ -101,8 +106,9 @@ def evaluate_from_config(cfg: EvaluateSAEConfig) -> SpliceEvalResult:
         batch_size=cfg.batch_size,
         exclude_special_tokens=cfg.exclude_special_tokens,
         dense_threshold=cfg.dense_threshold,
+        progress=cfg.progress,
     )
-    write_json_atomic(cfg.output_path, {"config": asdict(cfg), **result.to_dict()})
+    write_json_atomic(cfg.output_path, {"config": asdict(cfg), "model_name": model_name, **result.to_dict()})
     return result
 
 
@@ -114,3 +120,4 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in result.summary().items():
         print(f"{name:>24}: {value:.6g}" if isinstance(value, float) else f"{name:>24}: {value}")
     print(f"wrote {cfg.output_path}")
+    print(result.headline())

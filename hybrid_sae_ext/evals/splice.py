@@ -38,11 +38,11 @@ import torch
 from sae_lens.saes.sae import SAE
 from sae_lens.util import get_special_token_ids
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
 from hybrid_sae_ext.evals.stats import Histogram, LatentAccumulator, MeanAccumulator, ReconstructionAccumulator
+from hybrid_sae_ext.progress import progress_bar
 
 HookFn = Callable[[Tensor, HookPoint], Tensor]
 SpliceObserver = Callable[[Tensor, Tensor, Tensor], None]
@@ -111,6 +111,14 @@ class SpliceEvalResult:
     def summary(self) -> dict[str, float | int]:
         """The scalar metrics only: what to print or log."""
         return {k: v for k, v in self.to_dict().items() if isinstance(v, (int, float))}
+
+    def headline(self) -> str:
+        """The numbers to judge an SAE by, on one line (what a run prints last)."""
+        return (
+            f"ce_loss_recovered={self.ce_loss_recovered:.4f}, kl_div={self.kl_div_with_sae:.4f}, fvu={self.fvu:.4f}, "
+            f"explained_variance={self.explained_variance:.4f}, l0_mean={self.l0_mean:.2f}, "
+            f"dead={self.n_dead}/{self.d_sae} ({self.n_dead / max(self.d_sae, 1):.1%})"
+        )
 
 
 def special_token_mask(tokens: Tensor, token_ids: Iterable[int]) -> Tensor:
@@ -215,7 +223,7 @@ def evaluate_sae(
         latents.add(codes)
 
     starts = range(0, n_rows, batch_size)
-    for start in tqdm(starts, desc="splice eval", disable=not progress):
+    for start in progress_bar(starts, desc="splice eval", unit="batch", enabled=progress):
         batch = tokens[start : min(start + batch_size, n_rows)].to(model.cfg.device)
         keep = ~special_token_mask(batch, excluded)
         clean_logits, clean_loss = model(batch, return_type="both", loss_per_token=True)

@@ -89,6 +89,18 @@ VARIANTS: dict[str, ComparisonVariant] = {
     # The fixed-k hybrid with TopK's AuxK weight: the dead-latent change alone.
     "hybrid-aux": ComparisonVariant("hybrid", "k", "hybrid (fixed k, AuxK 1)", {"gate_rule": "token",
                                                                                 "aux_k_coefficient": 1.0}),
+    # Refinement of the magnitude path: one (or two) learned steps along the reconstruction's gradient on
+    # each token's own open latents, so the chosen latents' values fit jointly (``refine_steps``).
+    "hybrid-refine": ComparisonVariant("hybrid", "k", "hybrid (fixed k, refined)", {"gate_rule": "token",
+                                                                                   "refine_steps": 1}),
+    "hybrid-batch-refine": ComparisonVariant(
+        "hybrid", "target_l0", "hybrid (batch gate, refined)", {"gate_rule": "batch", "refine_steps": 1},
+        k_cap_factor=2.0,
+    ),
+    "hybrid-batch-refine2": ComparisonVariant(
+        "hybrid", "target_l0", "hybrid (batch gate, 2 refine steps)", {"gate_rule": "batch", "refine_steps": 2},
+        k_cap_factor=2.0,
+    ),
 }
 """Every variant of the comparison, by the name its tables use."""
 

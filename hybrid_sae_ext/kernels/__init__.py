@@ -6,8 +6,8 @@ after the top-k selection at ``batch x k``; ``"dense"`` is the autograd referenc
 
 from typing import Callable, Literal, NamedTuple
 
-from hybrid_sae_ext.kernels.dense import dense_decode, dense_decode_pair, dense_encode
-from hybrid_sae_ext.kernels.sparse_ops import sparse_decode, sparse_decode_pair, sparse_encode
+from hybrid_sae_ext.kernels.dense import dense_decode, dense_decode_pair, dense_encode, dense_row_dots
+from hybrid_sae_ext.kernels.sparse_ops import sparse_decode, sparse_decode_pair, sparse_encode, sparse_row_dots
 from hybrid_sae_ext.kernels.types import TopKSelection
 
 KernelBackend = Literal["sparse", "dense"]
@@ -21,14 +21,16 @@ class Kernels(NamedTuple):
     decode: Callable[..., "object"]
     decode_pair: Callable[..., tuple["object", "object"]]
     """Two decodes of one index set (``sparse_decode_pair``)."""
+    row_dots: Callable[..., "object"]
+    """The decode's transpose: each token row's dots with its picked decoder rows (``sparse_row_dots``)."""
 
 
 def get_kernels(backend: str) -> Kernels:
     """Return the encode/decode functions of ``backend`` (``"sparse"`` or ``"dense"``)."""
     if backend == "sparse":
-        return Kernels(sparse_encode, sparse_decode, sparse_decode_pair)
+        return Kernels(sparse_encode, sparse_decode, sparse_decode_pair, sparse_row_dots)
     if backend == "dense":
-        return Kernels(dense_encode, dense_decode, dense_decode_pair)
+        return Kernels(dense_encode, dense_decode, dense_decode_pair, dense_row_dots)
     raise ValueError(f"Unknown kernel backend {backend!r}; allowed: {', '.join(KERNEL_BACKENDS)}")
 
 
@@ -40,8 +42,10 @@ __all__ = [
     "dense_decode",
     "dense_decode_pair",
     "dense_encode",
+    "dense_row_dots",
     "get_kernels",
     "sparse_decode",
     "sparse_decode_pair",
     "sparse_encode",
+    "sparse_row_dots",
 ]

@@ -68,3 +68,13 @@ def dense_decode_pair(
         dense_decode(values, indices, W_dec, inverse_norms),
         dense_decode(other_values, indices, other_W_dec, inverse_norms),
     )
+
+
+def dense_row_dots(
+    rows: Float[Tensor, "n d_in"],
+    indices: Int[Tensor, "n k"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    inverse_norms: Float[Tensor, " d_sae"] | None = None,
+) -> Float[Tensor, "n k"]:
+    """Same contract as ``sparse_row_dots``: every row's dot with every decoder row, then the picks."""
+    return (rows @ (W_dec if inverse_norms is None else _unit_rows(W_dec)).t()).gather(1, indices)

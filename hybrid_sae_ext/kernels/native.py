@@ -8,7 +8,8 @@ It is built with ``torch.utils.cpp_extension.load`` (the system C++ compiler, Op
 into PyTorch's extension cache, under a name that carries a digest of the source, the torch version
 and the CPU's instruction sets, so a cache shared between different machines never loads a binary
 built for another CPU. Where the build fails (no compiler, say) everything falls back to the PyTorch
-path with one warning; ``HYBRID_SAE_NATIVE=0`` turns the kernels off.
+path with one warning; ``HYBRID_SAE_NATIVE=0`` turns the kernels off. The first build on a machine takes
+~40 s, so it says so on stderr first; the trainer builds before its clock starts (no build in tokens/s).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import hashlib
 import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -52,11 +54,21 @@ def disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off")
 
 
+def is_built(name: str) -> bool:
+    """Whether PyTorch's extension cache already holds this build (loading it then takes well under a second)."""
+    from torch.utils import cpp_extension
+
+    build_directory = Path(cpp_extension._get_build_directory(name, verbose=False))
+    return any(build_directory.glob(f"{name}.*so")) or any(build_directory.glob(f"{name}.pyd"))
+
+
 @functools.cache
 def _build() -> ModuleType | None:
     from torch.utils import cpp_extension
 
     try:
+        if not is_built(build_name()):
+            print("hybrid_sae_ext: building the C++ kernels (once per machine, ~40 s)", file=sys.stderr, flush=True)
         return cpp_extension.load(
             name=build_name(),
             sources=[str(source) for source in SOURCES],

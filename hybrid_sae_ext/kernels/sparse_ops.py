@@ -102,6 +102,40 @@ def sparse_decode(
     return _SparseDecode.apply(values, indices, W_dec, _detached(inverse_norms))  # type: ignore[no-any-return]
 
 
+class _SparseRowDots(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows: Tensor, indices: Tensor, W_dec: Tensor, inverse_norms: Tensor | None) -> Tensor:  # type: ignore[override]
+        dots = gathered_dot(rows, W_dec.t(), indices)
+        ctx.save_for_backward(rows, indices, W_dec, inverse_norms, dots)
+        return _scaled(dots, _picked(inverse_norms, indices)).to(rows.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_dots: Tensor):  # type: ignore[override]
+        rows, indices, W_dec, inverse_norms, dots = ctx.saved_tensors
+        picked = _picked(inverse_norms, indices)
+        grad_rows = grad_W_dec = None
+        if ctx.needs_input_grad[0]:
+            grad_rows = gather_sum(_scaled(grad_dots, picked), indices, W_dec).to(rows.dtype)
+        if ctx.needs_input_grad[2]:
+            # out = s_m * (rows . W_dec[m]) is a decode read backwards: the decode's weight gradient with the
+            # output gradient as the codes and ``rows`` as the output gradient, norm term included.
+            _, grad_W_dec = _decode_grads(
+                grad_dots, dots, indices, rows.contiguous(), W_dec, inverse_norms, picked, False, True
+            )
+        return grad_rows, None, grad_W_dec, None
+
+
+def sparse_row_dots(
+    rows: Float[Tensor, "n d_in"],
+    indices: Int[Tensor, "n k"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    inverse_norms: Float[Tensor, " d_sae"] | None = None,
+) -> Float[Tensor, "n k"]:
+    """``out[i, j] = rows[i] . W_dec[indices[i, j]]`` (unit-norm rows where ``inverse_norms`` is given): the
+    transpose of ``sparse_decode``, differentiable in ``rows`` and ``W_dec``, never gathering ``n x k x d_in``."""
+    return _SparseRowDots.apply(rows, indices, W_dec, _detached(inverse_norms))  # type: ignore[no-any-return]
+
+
 def _detached(tensor: Tensor | None) -> Tensor | None:
     return None if tensor is None else tensor.detach()
 

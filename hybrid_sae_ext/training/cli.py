@@ -31,12 +31,13 @@ import simple_parsing
 import torch.distributed as dist
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAE
+from safetensors import SafetensorError
 from transformer_lens import HookedTransformer
 
 from hybrid_sae_ext.activations import CaptureConfig, capture_activations, hook_widths, read_manifest
 from hybrid_sae_ext.activations.cache import MANIFEST_FILE
 from hybrid_sae_ext.activations.capture import validate_hook_names
-from hybrid_sae_ext.cli_errors import cli_main, parse_config
+from hybrid_sae_ext.cli_errors import cli_main, one_line, parse_config
 from hybrid_sae_ext.distributed.data_parallel import DataParallel, init_from_environment
 from hybrid_sae_ext.evals import SpliceEvalResult, evaluate_sae, load_eval_tokens
 from hybrid_sae_ext.evals.cli import SPLICE_EVAL_FILE
@@ -52,6 +53,7 @@ from hybrid_sae_ext.training.trainer import Trainer
 EVAL_FILE = "eval.json"
 SAE_RUN_FILES = (SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, EVAL_FILE, SPLICE_EVAL_FILE)
 """What one run leaves in --out (``SPLICE_EVAL_FILE``: ``hybrid-sae evaluate``'s default output)."""
+STAGING_PREFIX = ".sae-"
 
 
 @dataclass
@@ -118,24 +120,49 @@ def check_output_locations(cfg: TrainScriptConfig) -> None:
         folders["--checkpoint_dir"] = str(cfg.train.checkpoint_dir)
     resolved: dict[Path, str] = {}
     for flag, folder in folders.items():
-        path = check_output_dir(folder, flag).resolve()
+        if flag == "--cache_dir" and is_finished_cache(folder):  # only read: read-only storage is fine
+            path = check_path_text(folder, flag).resolve()
+        else:
+            path = check_output_dir(folder, flag).resolve()
         if path in resolved:
             raise ValueError(f"{resolved[path]} and {flag} are the same folder {folder!r}; give each its own folder")
         resolved[path] = flag
     out = Path(cfg.out)
     existing = sorted(name for name in SAE_RUN_FILES if (out / name).exists())
-    if existing and not cfg.overwrite:
+    if existing and not cfg.overwrite and not interrupted_saves(out):
         raise ValueError(
             f"--out={cfg.out!r} already holds an SAE or its results ({', '.join(existing)}); "
             "pass --overwrite to replace them, or choose another folder"
         )
 
 
+def is_finished_cache(folder: str) -> bool:
+    """A complete activation cache is there: training only reads it (no lock, no write check)."""
+    return (Path(folder) / MANIFEST_FILE).is_file() and read_manifest(folder).complete
+
+
 def lock_output_folders(cfg: TrainScriptConfig, locks: contextlib.ExitStack) -> None:
-    """Hold the checkpoint and output folders for this run; a second run writing either is refused."""
+    """Hold the checkpoint and output folders for this run; a second run writing either is refused.
+
+    Once --out is held, what a killed final save left there is removed (see ``interrupted_saves``).
+    """
     if cfg.train.checkpoint_dir is not None:
         locks.enter_context(folder_lock(cfg.train.checkpoint_dir, "checkpoint folder"))
     locks.enter_context(folder_lock(cfg.out, "SAE output folder"))
+    out = Path(cfg.out)
+    if stale := interrupted_saves(out):
+        for name in SAE_RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for folder in stale:
+            shutil.rmtree(folder)
+        print(f"removed what an interrupted save left in {cfg.out} ({', '.join(f.name for f in stale)} and the "
+              "SAE files beside it); the SAE is saved again at the end of this run")
+
+
+def interrupted_saves(out: Path) -> list[Path]:
+    """Staging folders of final saves that were killed: each save removes its own once its files are in place,
+    so one left behind means the SAE files beside it are from an unfinished save, not an SAE."""
+    return sorted(p for p in out.glob(f"{STAGING_PREFIX}*") if p.is_dir()) if out.is_dir() else []
 
 
 def check_checkpoint_dir(cfg: TrainScriptConfig) -> None:
@@ -153,7 +180,8 @@ def check_checkpoint_dir(cfg: TrainScriptConfig) -> None:
 
 def ensure_cache(cfg: TrainScriptConfig, model: HookedTransformer, show_progress: bool) -> None:
     """Capture ``cfg.cache_dir`` unless a finished cache is there (an unfinished one is resumed)."""
-    if (Path(cfg.cache_dir) / MANIFEST_FILE).exists() and (manifest := read_manifest(cfg.cache_dir)).complete:
+    if is_finished_cache(cfg.cache_dir):
+        manifest = read_manifest(cfg.cache_dir)
         print(f"using the finished cache {cfg.cache_dir} ({manifest.total_tokens} tokens; --tokens is not used)")
         return
     capture = CaptureConfig(
@@ -201,30 +229,49 @@ def check_resume(cfg: TrainScriptConfig) -> None:
         print(f"resuming with settings changed since the checkpoint: {'; '.join(changes)}")
 
 
-def save_sae(sae: TrainingSAE[Any], cfg: TrainScriptConfig, context_size: int) -> SAE[Any]:
+def save_sae(sae: TrainingSAE[Any], cfg: TrainScriptConfig, context_size: int, checkpoint: str | None) -> SAE[Any]:
     """Write the inference SAE with the metadata SAELens tools read, and load it back as they would.
 
-    The files are written in a hidden folder inside --out and renamed into place, each readable by others;
-    with --overwrite the previous SAE's files (its evaluations included) are removed first.
+    Both files are written and fsynced in a hidden staging folder inside --out, then renamed into place with
+    ``cfg.json`` last: every SAE loader starts from ``cfg.json``, so a reader finds the new SAE whole or no SAE,
+    never a config beside other weights. A kill before the staging folder is removed leaves it behind, and the
+    next run on --out (``--resume``) clears it (``interrupted_saves``). With --overwrite the previous SAE's files
+    (its evaluations included) are removed first. If the files cannot be written (a full disk), the error names
+    --out and where the trained weights are kept: ``checkpoint``, or else a folder in the system temp folder.
     """
     out = Path(cfg.out)
-    for name in SAE_RUN_FILES:
-        (out / name).unlink(missing_ok=True)
     metadata = sae.cfg.metadata
     metadata.model_name, metadata.hook_name = cfg.model, cfg.hook_name
     metadata.context_size, metadata.prepend_bos = context_size, True
-    staging = Path(tempfile.mkdtemp(prefix=".sae-", dir=out))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
         sae.save_inference_model(str(staging))
         for file in staging.iterdir():
             set_default_mode(file)
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
-            os.replace(file, out / file.name)
+        for name in SAE_RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for name in (SAE_WEIGHTS_FILE, SAE_CONFIG_FILE):
+            os.replace(staging / name, out / name)
         fsync_dir(out)
-    finally:
+    except (OSError, SafetensorError) as err:
         shutil.rmtree(staging, ignore_errors=True)
+        raise OSError(f"could not save the SAE to --out={cfg.out!r} ({one_line(err)}); {keep_weights(sae, checkpoint)}") from err
+    shutil.rmtree(staging, ignore_errors=True)
     return load_sae_folder(cfg.out, device=cfg.train.device)
+
+
+def keep_weights(sae: TrainingSAE[Any], checkpoint: str | None) -> str:
+    """Where the trained weights survive a failed final save, as a sentence for the error message."""
+    if checkpoint is not None:
+        return f"the trained weights are in checkpoint {checkpoint}; free space and rerun with --resume to save them"
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="hybrid-sae-unsaved-"))
+        sae.save_inference_model(str(folder))
+    except (OSError, SafetensorError) as err:
+        return f"the trained weights could not be kept anywhere ({one_line(err)}); use --checkpoint_dir next time"
+    return f"the trained SAE was saved to {folder} instead; move it where you want it"
 
 
 def evaluate(model: HookedTransformer, sae: SAE[Any], cfg: TrainScriptConfig, context_size: int) -> SpliceEvalResult:
@@ -232,7 +279,9 @@ def evaluate(model: HookedTransformer, sae: SAE[Any], cfg: TrainScriptConfig, co
     tokens = load_eval_tokens(
         model, split="validation", context_size=context_size, n_rows=cfg.eval_batches * cfg.eval_batch_size
     )
-    return evaluate_sae(model, sae, tokens, cfg.hook_name, batch_size=cfg.eval_batch_size)
+    return evaluate_sae(
+        model, sae, tokens, cfg.hook_name, batch_size=cfg.eval_batch_size, progress=cfg.train.progress_bar
+    )
 
 
 def train_and_save(
@@ -249,7 +298,7 @@ def train_and_save(
     summary = TrainScriptResult(result.steps, result.tokens - start_tokens, result.seconds, None)
     if parallel.is_main:
         context_size = source.cache.manifest.context_size
-        sae = save_sae(trainer.sae, cfg, context_size)
+        sae = save_sae(trainer.sae, cfg, context_size, trainer.last_checkpoint)
         if cfg.eval_batches:
             summary.evaluation = evaluate(model, sae, cfg, context_size)
             training = {
@@ -285,6 +334,5 @@ def main(argv: list[str] | None = None) -> None:
             f"({run.tokens_per_second:,.0f} tokens/s); saved the SAE to {cfg.out}"
         )
         if run.evaluation is not None:
-            metrics = run.evaluation.summary()
-            print(", ".join(f"{k}={metrics[k]:.4g}" for k in ("ce_loss_recovered", "explained_variance", "l0_mean")))
             print(f"wrote {Path(cfg.out) / EVAL_FILE}")
+            print(run.evaluation.headline())

@@ -57,8 +57,9 @@ class TrainConfig:
     """Steps between progress-bar and wandb updates."""
     wandb_project: str | None = None
     """Log to this wandb project (set WANDB_MODE=offline to log without network); None disables."""
-    progress_bar: bool = True
-    """Show a tqdm progress bar."""
+    progress_bar: bool = simple_parsing.field(default=True, alias=["--progress"])
+    """Show a progress bar (a line every 30 s when stderr is not a terminal); ``--progress false`` as in the other
+    commands."""
 
     def __post_init__(self) -> None:
         self.architecture = resolve_architecture(self.architecture)

@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
 from hybrid_sae_ext.activations.capture import capture_batch, hook_widths, stop_layer, validate_hook_names
+from hybrid_sae_ext.progress import progress_bar
 from hybrid_sae_ext.training.data import ActivationSource
 from hybrid_sae_ext.training.trainer import StepMetrics, Trainer
 
@@ -131,7 +131,7 @@ class MultiTrainer:
     def train(self, total_steps: int, progress: bool = True) -> MultiTrainResult:
         result = MultiTrainResult(history={name: [] for name in self.trainers},
                                   train_seconds=dict.fromkeys(self.trainers, 0.0))
-        for _ in tqdm(range(total_steps), desc=f"{len(self.trainers)} SAEs", disable=not progress):
+        for _ in progress_bar(range(total_steps), desc=f"{len(self.trainers)} SAEs", enabled=progress):
             start = time.perf_counter()
             batches = self.upstream.next_batches(self.batch_size)
             result.data_seconds += time.perf_counter() - start

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainStepInput
 from torch import Tensor
-from tqdm import tqdm
 
 from hybrid_sae_ext.architectures.hybrid import HybridTrainingSAE
 from hybrid_sae_ext.architectures.build import build_training_sae as build_architecture_sae
 from hybrid_sae_ext.architectures.build import config_fields
 from hybrid_sae_ext.distributed.data_parallel import DataParallel
+from hybrid_sae_ext.kernels.native import native_kernels
+from hybrid_sae_ext.progress import progress_bar
 from hybrid_sae_ext.training.checkpoint import (
     Checkpoint,
     CheckpointManager,
@@ -263,9 +264,11 @@ class Trainer:
         end = min(self.cfg.total_steps, stop_at_step or self.cfg.total_steps)
         run = self._start_wandb()
         history: list[StepMetrics] = []
+        if isinstance(self.sae, HybridTrainingSAE) and self.sae.W_enc.device.type == "cpu":
+            native_kernels()  # a first-time C++ build (~40 s) happens here, before the clock starts
         start, start_tokens = time.perf_counter(), self.tokens_seen
-        bar = tqdm(total=self.cfg.total_steps, initial=self.step, desc=self.cfg.architecture,
-                   disable=not (self.cfg.progress_bar and self.parallel.is_main))
+        bar = progress_bar(total=self.cfg.total_steps, initial=self.step, desc=self.cfg.architecture,
+                           enabled=self.cfg.progress_bar and self.parallel.is_main)
         while self.step < end:
             metrics = self.train_step()
             if metrics is None:

@@ -35,9 +35,23 @@ class ReferenceOutput(NamedTuple):
         return self.mse + self.gate_aux + self.l1 + self.aux_k + self.l0
 
 
+def param_names(sae: torch.nn.Module) -> tuple[str, ...]:
+    """The SAE's parameters in the reference's order (``refine_rate`` only where it refines)."""
+    return PARAM_NAMES + (("refine_rate",) if sae.cfg.refine_steps else ())
+
+
 def leaf_params(sae: torch.nn.Module) -> dict[str, Tensor]:
     """Float64 copies of the SAE's parameters, as fresh leaves that collect their own gradients."""
-    return {name: getattr(sae, name).detach().double().clone().requires_grad_() for name in PARAM_NAMES}
+    return {name: getattr(sae, name).detach().double().clone().requires_grad_() for name in param_names(sae)}
+
+
+def refine(p: dict[str, Tensor], codes: Tensor, opened: Tensor, x: Tensor, decoder: Tensor) -> Tensor:
+    """The magnitude path's refinement steps, densely: each step ``codes <- opened * relu(codes + rate *
+    (x - b_dec - codes @ decoder) @ decoder.T)``; no steps where ``p`` has no ``refine_rate``."""
+    for rate in p.get("refine_rate", ()):
+        residual = x - p["b_dec"] - codes @ decoder
+        codes = opened * torch.relu(codes + rate * residual @ decoder.T)
+    return codes
 
 
 def top_k_mask(scores: Tensor, k: int) -> Tensor:
@@ -87,10 +101,12 @@ def reference_forward(
     codes, candidates, pi_gate, pre = reference_encode(p, x, k)
     l0 = torch.zeros((), dtype=torch.float64)
     magnitude = torch.relu(torch.exp(p["r_mag"]) * pre + p["b_mag"])
+    opened = (candidates & (pi_gate > 0)).double()
     if gate_rule == "batch":
         ranked = pi_gate.detach()[candidates].sort(descending=True).values
         tau = ranked[round(x.shape[0] * target_l0)]
-        codes = torch.where(candidates & (pi_gate > tau), magnitude, torch.zeros_like(magnitude))
+        opened = (candidates & (pi_gate > tau)).double()
+        codes = magnitude * opened
     elif gate_rule == "jump":
         to_threshold = pre.detach() + p["b_gate"]
         window = (to_threshold.detach().abs() < bandwidth / 2).double() / bandwidth
@@ -98,6 +114,7 @@ def reference_forward(
         opened = torch.where(candidates, opened, torch.zeros_like(opened))
         codes = magnitude * opened
         l0 = l0_coefficient * 2 / target_l0 * (opened.sum(-1).mean() - target_l0) ** 2
+    codes = refine(p, codes, opened, x, decoder)
     sae_out = codes @ decoder + p["b_dec"]
     mse = ((sae_out - x) ** 2).sum(-1).mean()
 
@@ -120,5 +137,6 @@ def reference_forward(
 
 def reference_inference(p: dict[str, Tensor], x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Inference ``(codes, reconstruction)`` of ``x`` ``[n, d_in]``: the stored decoder rows, as saved."""
-    codes = reference_encode(p, x.double(), k)[0]
+    codes, candidates, pi_gate, _ = reference_encode(p, x.double(), k)
+    codes = refine(p, codes, (candidates & (pi_gate > 0)).double(), x.double(), p["W_dec"])
     return codes, codes @ p["W_dec"] + p["b_dec"]

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from sae_lens import HookedSAETransformer
+from sae_lens import SAE, HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
 from hybrid_sae_ext import HybridSAE, HybridSAEConfig
+from hybrid_sae_ext.experiments.variants import VARIANTS, build_variant_sae, settings_at
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hybrid_reference import leaf_params, reference_inference  # noqa: E402
@@ -101,3 +102,41 @@ def test_hook_z_sae_splices_on_attention_heads() -> None:
     torch.testing.assert_close(with_error_term, model(tokens), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"hook_z input has shape \(2, 9, 32\)"):
         sae.encode(z.reshape(2, 9, 32))
+
+
+HYBRID_VARIANTS = [name for name, variant in VARIANTS.items() if variant.architecture == "hybrid"]
+
+
+@pytest.mark.parametrize("name", HYBRID_VARIANTS)
+def test_every_hybrid_variant_saves_loads_splices_and_encodes_each_token_alone(name: str, tmp_path: Path) -> None:
+    """Each hybrid variant of the comparison, after a few training steps (so thresholds, rates and biases have
+    moved), is saved for inference, loaded by SAELens, spliced into a HookedSAETransformer with and without the
+    error term, and encodes a token the same whether it comes alone or in a batch (no batch statistics)."""
+    variant = VARIANTS[name]
+    sae = build_variant_sae(variant, settings_at(variant, 4.0), d_in=32, d_sae=128, device="cpu", seed=0)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    acts = torch.randn(6, 64, 32)
+    for batch in acts:
+        optimizer.zero_grad()
+        sae.hybrid_forward(batch, torch.rand(128) < 0.2).losses.total().backward()
+        optimizer.step()
+    sae.eval()
+    sae.cfg.metadata.hook_name = HOOK
+    sae.save_inference_model(str(tmp_path))
+    loaded = SAE.load_from_disk(str(tmp_path))
+    assert isinstance(loaded, HybridSAE) and loaded.cfg.refine_steps == sae.cfg.refine_steps
+
+    x = torch.randn(20, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x), sae.encode(x), rtol=1e-5, atol=1e-5)
+        alone = torch.cat([loaded.encode(x[i : i + 1]) for i in range(20)])
+        torch.testing.assert_close(alone, loaded.encode(x), rtol=1e-5, atol=1e-6)
+        assert ((loaded.encode(x) != 0).sum(-1) <= loaded.cfg.k).all() and (loaded.encode(x) != 0).any()
+
+    model = _model()
+    tokens = torch.randint(0, 50, (2, 10))
+    clean = model(tokens)
+    spliced = model.run_with_saes(tokens, saes=[loaded])
+    assert (spliced - clean).abs().max() > 1e-3
+    with_error = model.run_with_saes(tokens, saes=[loaded], use_error_term=True)
+    torch.testing.assert_close(with_error, clean, rtol=1e-4, atol=1e-4)

@@ -189,10 +189,12 @@ def test_encoder_is_stored_latent_major_and_saved_in_saelens_layout(tmp_path) ->
     assert HybridSAE(HybridSAEConfig(d_in=8, d_sae=32, k=4)).W_enc.t().is_contiguous()
 
 
-def _randomized_inference_sae() -> HybridSAE:
+def _randomized_inference_sae(refine_steps: int = 0) -> HybridSAE:
     torch.manual_seed(4)
-    sae = HybridSAE(HybridSAEConfig(d_in=8, d_sae=48, k=6, dtype="float64"))
+    sae = HybridSAE(HybridSAEConfig(d_in=8, d_sae=48, k=6, dtype="float64", refine_steps=refine_steps))
     with torch.no_grad():
+        if refine_steps:
+            sae.refine_rate.uniform_(0.2, 0.5)
         sae.b_gate.normal_(-0.3, 0.3)
         sae.b_mag.normal_(0.0, 0.3)
         sae.r_mag.normal_(0.0, 0.3)
@@ -200,10 +202,11 @@ def _randomized_inference_sae() -> HybridSAE:
     return sae
 
 
-def test_fold_W_dec_norm_folds_a_uniform_norm_and_refuses_per_latent_norms() -> None:
+@pytest.mark.parametrize("refine_steps", [0, 2])
+def test_fold_W_dec_norm_folds_a_uniform_norm_and_refuses_per_latent_norms(refine_steps: int) -> None:
     """After SAELens' base scale fold (``W_enc *= s; W_dec /= s; b_dec /= s``) every decoder row has norm 1 / s:
-    folding it must keep the SAE's function (same top-k, same open gates), codes scaled by 1 / s."""
-    sae, scale = _randomized_inference_sae(), 2.5
+    folding it must keep the SAE's function (same top-k, same open gates, same refinement), codes scaled by 1 / s."""
+    sae, scale = _randomized_inference_sae(refine_steps), 2.5
     x = torch.randn(64, 8, dtype=torch.float64)
     expected = sae(x * scale) / scale
     codes_before = sae.encode(x * scale)
@@ -211,6 +214,9 @@ def test_fold_W_dec_norm_folds_a_uniform_norm_and_refuses_per_latent_norms() -> 
         sae.W_enc.mul_(scale)
         sae.W_dec.div_(scale)
         sae.b_dec.div_(scale)
+        if refine_steps:  # the same function needs steps s^2 larger: each step's dots shrink by 1 / s twice
+            sae.refine_rate.mul_(scale**2)
+    torch.testing.assert_close(sae(x), expected)
     sae.fold_W_dec_norm()
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(48, dtype=torch.float64))
     torch.testing.assert_close(sae(x), expected)
@@ -224,14 +230,15 @@ def test_fold_W_dec_norm_folds_a_uniform_norm_and_refuses_per_latent_norms() -> 
         sae.fold_W_dec_norm()
 
 
-@pytest.mark.parametrize("target_l0", [None, 3.0])
-def test_training_sae_folds_the_activation_scale_it_was_trained_under(tmp_path, target_l0) -> None:
+@pytest.mark.parametrize("target_l0, refine_steps", [(None, 0), (3.0, 0), (3.0, 2)])
+def test_training_sae_folds_the_activation_scale_it_was_trained_under(tmp_path, target_l0, refine_steps) -> None:
     """SAELens' invariant: after ``fold_activation_norm_scaling_factor(s)``, ``s * sae(x / s)`` is the
     unfolded ``sae(x)``; SAELens' ``SAETrainer.fit`` folds into the *training* SAE before saving, whose
     decoder rows are unit-norm, so the base fold's ``W_dec /= s`` would be lost. The saved inference
     SAE must keep it, with unit-norm rows, and an invalid factor is refused by name."""
     torch.manual_seed(5)
     sae = HybridTrainingSAE(HybridTrainingSAEConfig(d_in=8, d_sae=48, k=6, dtype="float64", target_l0=target_l0,
+                                                    refine_steps=refine_steps,
                                                     normalize_activations="expected_average_only_in"))
     with torch.no_grad():
         for param in (sae.b_gate, sae.b_mag, sae.r_mag, sae.b_dec):

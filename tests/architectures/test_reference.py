@@ -42,6 +42,8 @@ def _randomize(sae: torch.nn.Module, seed: int, duplicate_pairs: int = 0) -> Non
         sae.b_gate.mul_(0.5).sub_(0.8)
         sae.r_mag.mul_(0.4)
         sae.b_mag.mul_(0.3)
+        if sae.cfg.refine_steps:  # distinct steps, so a step applied twice or out of order shows
+            sae.refine_rate.copy_(0.2 + 0.3 * torch.rand(sae.cfg.refine_steps, generator=gen, dtype=torch.float64))
         for pair in range(duplicate_pairs):  # latent 2j+1 is an exact copy of latent 2j
             for name in ("b_gate", "r_mag", "b_mag"):
                 getattr(sae, name)[2 * pair + 1] = getattr(sae, name)[2 * pair]
@@ -114,12 +116,13 @@ def _compare_to_reference(sae, x, dead, tol, grad_groups=None) -> Any:
     dense = torch.zeros(n, sae.cfg.d_sae, dtype=torch.float64).scatter(1, out.codes.indices, out.codes.values.double())
     torch.testing.assert_close(dense, ref.codes, **tol)
 
-    mine = _term_grads([getattr(out.losses, t) for t in terms], [getattr(sae, p) for p in PARAM_NAMES])
-    theirs = _term_grads([getattr(ref, t) for t in terms], [params[p] for p in PARAM_NAMES])
+    names = list(params)
+    mine = _term_grads([getattr(out.losses, t) for t in terms], [getattr(sae, p) for p in names])
+    theirs = _term_grads([getattr(ref, t) for t in terms], [params[p] for p in names])
     for term, got_row, want_row in zip(terms, mine, theirs):
-        for name, got, want in zip(PARAM_NAMES, got_row, want_row):
+        for name, got, want in zip(names, got_row, want_row):
             got = got.double()
-            if grad_groups is not None and name != "b_dec":  # only sums over identical latents are defined
+            if grad_groups is not None and name not in ("b_dec", "refine_rate"):  # only sums over identical latents are defined
                 latent_dim = 1 if name == "W_enc" else 0
                 got, want = grad_groups(got, latent_dim), grad_groups(want, latent_dim)
             torch.testing.assert_close(got, want, **tol, msg=f"d {term} / d {name}")
@@ -160,6 +163,26 @@ def test_gate_rules_match_reference(backend: str, case: str, rule: str) -> None:
         pi = ref.pi_gate.detach()
         assert (ref.candidates & (pi.abs() < 0.3)).any(), "some candidate inside the estimator's window"
         assert ref.l0 > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ["many_dead", "three_d_input", "batch_of_one"])
+@pytest.mark.parametrize("rule", ["token", "batch", "jump"])
+def test_refinement_matches_reference(backend: str, case: str, rule: str) -> None:
+    """Two refinement steps on every gate rule: codes, every loss term and every gradient (the steps'
+    rates included) against the reference's dense formulation of the steps."""
+    gate = GATE_RULE_CASES.get(rule, {})
+    sae, x, dead = _case(case, backend, refine_steps=2, **gate)
+    ref = _compare_to_reference(sae, x, dead, F64)
+    unrefined = reference_forward(
+        {name: value for name, value in leaf_params(sae).items() if name != "refine_rate"}, x,
+        k=sae.cfg.k, l1_coefficient=0.0, gate_aux_coefficient=0.0, aux_k_coefficient=0.0, k_aux=1,
+        gate_rule=rule, target_l0=sae.cfg.target_l0, l0_coefficient=sae.cfg.l0_coefficient,
+        bandwidth=sae.cfg.gate_bandwidth,
+    )
+    assert ref.mse < unrefined.mse, "the steps must lower the reconstruction error on this case"
+    assert ((ref.codes != unrefined.codes) & (ref.codes > 0)).any(), "the steps must move open values"
+    assert not ((ref.codes > 0) & (unrefined.codes == 0) & ~ref.candidates).any(), "no latent outside the picks"
 
 
 def test_batch_gate_moves_its_inference_threshold_and_saves_it_into_b_gate(tmp_path) -> None:
@@ -229,16 +252,17 @@ def test_duplicate_latents_tie_and_match_reference_up_to_which_copy_fires(backen
     assert tied.any(), "some pair must straddle the k-th place, so the tie decides"
 
 
-def _inference_sae(dtype: str) -> HybridSAE:
-    sae = HybridSAE(HybridSAEConfig(d_in=8, d_sae=40, k=5, dtype=dtype))
+def _inference_sae(dtype: str, refine_steps: int = 0) -> HybridSAE:
+    sae = HybridSAE(HybridSAEConfig(d_in=8, d_sae=40, k=5, dtype=dtype, refine_steps=refine_steps))
     _randomize(sae, seed=3)
     return sae
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype, tol", [("float64", F64), ("float32", F32)])
-def test_inference_encode_decode_match_reference(backend: str, dtype: str, tol: dict) -> None:
-    sae = _inference_sae(dtype)
+@pytest.mark.parametrize("refine_steps", [0, 2])
+def test_inference_encode_decode_match_reference(backend: str, dtype: str, tol: dict, refine_steps: int) -> None:
+    sae = _inference_sae(dtype, refine_steps)
     sae.cfg.kernel_backend = backend  # the inference SAE reads the backend from its config when set
     x = torch.randn(4, 9, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(sae.dtype)
     codes_ref, recon_ref = reference_inference(leaf_params(sae), x.reshape(-1, 8), sae.cfg.k)

@@ -66,7 +66,7 @@ def test_uneven_shards_are_refused() -> None:
         shard_bounds(10, 0, 3)
 
 
-@pytest.mark.parametrize("fields", [dict(target_l0=3.0), dict(target_l0=3.0, gate_rule="batch")])
+@pytest.mark.parametrize("fields", [dict(target_l0=3.0), dict(target_l0=3.0, gate_rule="batch"), dict(refine_steps=1)])
 def test_a_hybrid_with_a_gate_threshold_is_refused_not_trained_as_fixed_k(tmp_path: Path, fields: dict) -> None:
     """The sharded forward has no gate threshold: it used to train a ``target_l0`` SAE as fixed k, silently."""
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)

@@ -3,7 +3,11 @@ sending exactly the fp32, latent-major case to it. (The native top-k is tested i
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -72,3 +76,13 @@ def test_primitives_send_only_fp32_latent_major_columns_to_the_kernel(monkeypatc
     got = primitives.gathered_dot(rows.double(), latent_major.double().t(), indices)  # float64: PyTorch path
     assert not calls
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_first_build_says_so_on_one_line_and_a_cached_one_is_silent(tmp_path) -> None:
+    """A fresh extension cache: one line before the ~40 s compile; the same cache again: nothing at all."""
+    load = "from hybrid_sae_ext.kernels.native import native_kernels; assert native_kernels() is not None"
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[2])}
+    first, second = (subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True,
+                                    timeout=900, check=True) for _ in range(2))
+    assert first.stderr.splitlines() == ["hybrid_sae_ext: building the C++ kernels (once per machine, ~40 s)"]
+    assert second.stderr == ""

@@ -1,4 +1,5 @@
-"""SAELens' training step gets the hybrid's codes as a sparse tensor, and its trainer's stats accept it."""
+"""SAELens' training step gets the hybrid's codes as a sparse tensor (``use_sparse_activations``), and its
+trainer's stats accept it."""
 
 import torch
 from sae_lens.saes.sae import TrainStepInput
@@ -9,7 +10,7 @@ from hybrid_sae_ext.architectures.hybrid_config import HybridTrainingSAEConfig
 
 def test_training_forward_pass_returns_sparse_codes_saelens_can_count() -> None:
     torch.manual_seed(0)
-    sae = HybridTrainingSAE(HybridTrainingSAEConfig(d_in=8, d_sae=32, k=4))
+    sae = HybridTrainingSAE(HybridTrainingSAEConfig(d_in=8, d_sae=32, k=4, use_sparse_activations=True))
     with torch.no_grad():
         sae.b_gate.normal_()
     x = torch.randn(16, 8)

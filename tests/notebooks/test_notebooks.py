@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +84,38 @@ def test_paper_figures_notebook(tiny_comparison: tuple[Path, dict[str, Any]], ti
     for name in names:
         assert (tmp_path / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
         _assert_plot_with_data(tmp_path / f"{name}.png")
+
+
+def _documented_command() -> list[str]:
+    """The notebook command of docs/notebooks.md, exactly as written there."""
+    text = (NOTEBOOKS.parent / "docs" / "notebooks.md").read_text()
+    commands = [line for line in text.splitlines() if line.startswith("jupyter nbconvert")]
+    assert len(commands) == 1, commands
+    return shlex.split(commands[0])
+
+
+def test_documented_command_runs_both_offline_and_leaves_git_status_clean(tmp_path: Path) -> None:
+    """In a scratch repository holding the committed notebooks and results: the command succeeds, writes only
+    ignored files, its pages load no script from another machine, and no cell prints to stderr (warnings)."""
+    root = NOTEBOOKS.parent
+    tracked = subprocess.run(["git", "ls-files", ".gitignore", "notebooks", "results"], cwd=root, check=True,
+                             capture_output=True, text=True).stdout.split()
+    for name in tracked:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / name, tmp_path / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for step in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "committed files"]):
+        subprocess.run(git + step, cwd=tmp_path, check=True)
+    done = subprocess.run(_documented_command(), cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(root)})  # this checkout's package in the kernel
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=tmp_path,
+                            check=True, capture_output=True, text=True).stdout
+    assert status == ""
+    for name in ("results_analysis", "paper_figures"):
+        page = (tmp_path / "results" / "notebooks" / f"{name}.html").read_text()
+        assert not re.findall(r"<script[^>]*\ssrc=[\"']?(?:https?:)?//", page)
+        assert 'data-mime-type="application/vnd.jupyter.stderr"' not in page, name  # a cell wrote to stderr
+        assert "IProgress" not in page
+    figures = {path.name for path in (tmp_path / "results" / "notebooks" / "figures" / "paper_figures").iterdir()}
+    assert "fig1_frontiers.pdf" in figures

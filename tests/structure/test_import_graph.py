@@ -15,8 +15,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "hybrid_sae_ext"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("io", "folders", "measure", "kernels"),
-    ("architectures", "models"),
+    ("io", "folders", "measure", "progress", "kernels"),
+    ("architectures", "models", "pretrained"),
     ("activations", "evals", "distributed", "embedded"),
     ("training",),
     ("experiments", "dashboards"),

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from hybrid_sae_ext import HybridSAE
 from hybrid_sae_ext.activations import CacheWriter, Manifest
 from hybrid_sae_ext.models import TINY_LM_NAME
 from hybrid_sae_ext.training.cli import main
+from tests.training.test_checkpoint import _fill, small_disk  # noqa: F401  (a fixture: a real 1 MiB tmpfs)
 
 ROOT = Path(__file__).parents[2]
 HOOK = "blocks.1.hook_resid_pre"
@@ -56,6 +58,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = subprocess.run(command, env=_env(tmp), capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tokens/s" in done.stdout
+    (tmp / "stdout.txt").write_text(done.stdout)
     return tmp
 
 
@@ -72,6 +75,22 @@ def test_cli_writes_a_saelens_sae_and_its_evaluation(reference: Path) -> None:
     training = evaluation["training"]
     assert training["steps"] == STEPS and training["tokens_this_run"] == STEPS * 1024 and training["seconds_this_run"] > 0
     assert training["tokens_per_second"] == pytest.approx(training["tokens_this_run"] / training["seconds_this_run"])
+
+
+def test_run_ends_with_one_line_of_the_headline_metrics(reference: Path) -> None:
+    """The last line: CE recovered, KL, FVU, EV, L0 and dead latents, as eval.json has them; no TransformerLens
+    'Moving model to device' chatter before it."""
+    stdout = (reference / "stdout.txt").read_text()
+    evaluation = json.loads((reference / "out" / "eval.json").read_text())
+    pattern = (r"ce_loss_recovered=(\S+), kl_div=(\S+), fvu=(\S+), explained_variance=(\S+), l0_mean=(\S+), "
+               r"dead=(\d+)/(\d+) \((\S+)%\)")
+    match = re.fullmatch(pattern, stdout.splitlines()[-1])
+    assert match, stdout.splitlines()[-1]
+    names = ("ce_loss_recovered", "kl_div_with_sae", "fvu", "explained_variance", "l0_mean")
+    for name, text in zip(names, match.groups()):
+        assert float(text) == pytest.approx(evaluation[name], abs=1e-4), name
+    assert (int(match[6]), int(match[7])) == (evaluation["n_dead"], evaluation["d_sae"])
+    assert "Moving model to device" not in stdout and "Changing model dtype" not in stdout
 
 
 def test_wandb_offline_writes_a_run_folder(reference: Path) -> None:
@@ -241,3 +260,77 @@ def test_second_training_on_a_busy_checkpoint_dir_is_refused(
     assert not (tmp_path / "second").exists()
     assert max(p.name for p in (tmp_path / "ckpt").glob("step-*")) == f"step-{5:09d}"
     assert SAE.load_from_disk(str(tmp_path / "first")).cfg.d_sae == 256
+
+
+def test_a_killed_final_save_is_cleared_and_resume_saves_again(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The state a kill between the final save's renames leaves (cfg.json alone in --out, the weights still
+    in the ``.sae-*`` staging folder) is not an SAE: ``--resume`` removes it and saves the SAE whole."""
+    out, ckpt = tmp_path / "out", ["--checkpoint_dir", str(tmp_path / "ckpt")]
+    main(_quick(reference, tmp_path, "--out", str(out), *ckpt))
+    weights = load_file(out / "sae_weights.safetensors")
+    staging = out / ".sae-killed"
+    staging.mkdir()
+    (out / "sae_weights.safetensors").rename(staging / "sae_weights.safetensors")
+    capsys.readouterr()
+    main(_quick(reference, tmp_path, "--out", str(out), *ckpt, "--resume"))
+    assert "removed what an interrupted save left" in capsys.readouterr().out
+    assert not list(out.glob(".sae-*"))
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {"cfg.json", "sae_weights.safetensors"}
+    for name, tensor in load_file(out / "sae_weights.safetensors").items():
+        torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0)
+
+
+def test_a_full_disk_at_the_final_save_names_out_and_keeps_the_weights(
+    reference: Path, tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A real 1 MiB tmpfs as --out: the error names --out and where the trained weights are (the checkpoint,
+    or without --checkpoint_dir a folder in the system temp folder); nothing half-written stays in --out."""
+    out = small_disk / "out"
+    _fill(small_disk, leave_bytes=40_000)  # the SAE's weights are ~260 kB
+    with pytest.raises(SystemExit) as exit_info:
+        main(_quick(reference, tmp_path, "--out", str(out), "--checkpoint_dir", str(tmp_path / "ckpt")))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert re.search(rf"could not save the SAE to --out='{out}' \(.*\); the trained weights are in checkpoint "
+                     rf"{tmp_path / 'ckpt'}/step-000000002; free space and rerun with --resume", err), err
+    assert not list(out.glob(".sae-*")) and not (out / "cfg.json").exists()
+    with pytest.raises(SystemExit):
+        main(_quick(reference, tmp_path, "--out", str(out)))
+    kept = re.search(r"the trained SAE was saved to (\S+) instead", capsys.readouterr().err)
+    assert kept is not None
+    try:
+        assert SAE.load_from_disk(kept.group(1)).cfg.d_sae == 256
+    finally:
+        shutil.rmtree(kept.group(1))
+
+
+@pytest.fixture
+def read_only_cache(reference: Path, tmp_path: Path):
+    """The reference's finished cache behind a read-only bind mount (root ignores file modes, not ro mounts)."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    mount = tmp_path / "ro-cache"
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", str(reference.parent / "cache"), str(mount)], check=False).returncode:
+        pytest.skip("cannot bind-mount here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=False).returncode:
+            pytest.skip("cannot remount read-only here")
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+def test_a_finished_cache_on_read_only_storage_trains(
+    reference: Path, tmp_path: Path, read_only_cache: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(OSError):
+        (read_only_cache / "probe").write_text("x")
+    args = _quick(reference, tmp_path, "--out", str(tmp_path / "out"))
+    assert args[0] == "--cache_dir"
+    args[1] = str(read_only_cache)
+    main(args)
+    assert f"using the finished cache {read_only_cache}" in capsys.readouterr().out
+    assert SAE.load_from_disk(str(tmp_path / "out")).cfg.d_sae == 256

@@ -16,25 +16,26 @@
   root.appendChild(el("h2", { text: "Activation histogram (non-zero activations, equal-width bins from 0 to max)" }));
   const act = el("div", { id: "activation-histogram" }); root.appendChild(act); histogram(act, d.histogram);
 
-  const examples = (title, id, list, label) => {
+  const examples = (title, id, list, withQuantile) => {
     root.appendChild(el("h2", { text: title }));
     const box = el("div", { id: id });
     if (!list.length) box.appendChild(el("p", { text: "none" }));
     list.forEach((e) => {
       const row = el("div", { class: "example", "data-activation": String(e.activation) });
-      row.appendChild(el("span", { class: "act", text: label(e) }));
+      if (withQuantile) row.appendChild(el("span", { class: "act q", text: "q=" + e.quantile.toFixed(2) }));
+      row.appendChild(el("span", { class: "act", text: fmt(e.activation), title: "activation at the outlined token" }));
       row.appendChild(tokenLine(e.tokens, e.values, d.max, e.center));
       box.appendChild(row);
     });
     root.appendChild(box);
   };
-  examples("Top activating examples", "top-examples", d.top_examples, (e) => fmt(e.activation));
-  examples("Examples at true activation quantiles (quantile = share of this latent's firings below the value)",
-    "quantile-examples", d.quantile_examples, (e) => "q=" + e.quantile.toFixed(2));
+  examples("Top activating examples", "top-examples", d.top_examples, false);
+  examples("Examples at true activation quantiles (q = share of this latent's firings below the activation)",
+    "quantile-examples", d.quantile_examples, true);
 
   root.appendChild(el("h2", { text: "Logit effects (W_dec @ W_U)" }));
   const table = (rows, cls) => el("table", {}, rows.map((r) => el("tr", {}, [
-    el("td", { class: "logit-token", text: JSON.stringify(r.token) }), el("td", { class: cls, text: fmt(r.value) })])));
+    el("td", { class: "logit-token" }, [tokenChip(r.token, "chip")]), el("td", { class: cls, text: fmt(r.value) })])));
   root.appendChild(el("div", { class: "cols" }, [
     el("div", { id: "logits-positive" }, [el("b", { text: "promoted" }), table(d.logits.positive, "pos")]),
     el("div", { id: "logits-negative" }, [el("b", { text: "suppressed" }), table(d.logits.negative, "neg")]),
