@@ -3,7 +3,7 @@
 Prints and writes (``benchmarks/results/<device>-dashboards.{json,md}``): the build's wall time per phase and
 the process's peak RSS, next to its floor measured in the same run (the model forward + SAE encode over the
 same tokens, nothing else); and the latency of ``POST /api/activations`` for a 128-token text over real HTTP
-to ``scripts/serve_demo.py``, next to the same call made in-process. ``--screenshots DIR`` also saves the
+to ``hybrid-sae serve``, next to the same call made in-process. ``--screenshots DIR`` also saves the
 index, a latent page and the live page as PNGs (Debian chromium via Playwright).
 
     python benchmarks/bench_dashboards.py --sae_path results/hybrid-tiny-lm --tokens 500000 --threads 1

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from hybrid_sae_ext import HybridSAE, HybridSAEConfig, register_architectures
 from hybrid_sae_ext.architectures.protocols import SparseTrainingStep
+from hybrid_sae_ext.cli_errors import LiteralPercentHelpFormatter
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
 from hybrid_sae_ext.measure import (
     cpu_peak_method,
@@ -84,26 +85,36 @@ REFERENCE = "topk"
 
 @dataclass
 class BenchConfig:
-    """Command-line flags (``--d-in``, ``--d-sae``, ...)."""
+    """Command-line flags (``--d_in`` or ``--d-in``, ``--d_sae``, ...)."""
 
     d_in: int = 256
+    """Width of the activations (the model's d_model)."""
     d_sae: int = 8192
+    """Latents per SAE."""
     k: int = 32
-    batch: int = 1024
+    """Latents per token for the k-sparse SAEs."""
+    batch: int = simple_parsing.field(default=1024, alias="--batch_tokens")
+    """Tokens (activation rows) per training step."""
     steps: int = 10
     """Timed steps in each of the two timings (no dead latents / AuxK active)."""
     warmup: int = 2
+    """Untimed steps before each timing."""
     lr: float = 4e-4
+    """Adam's learning rate."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Storage dtype of every SAE and of the activations."""
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+    """Device (default: cuda when there is one, else cpu)."""
     only: str = ""
     """Comma list of labels (see ALL_LABELS); empty: all but hybrid-dense-reference."""
     out: str = "benchmarks/results"
-    inference_batch: int = 8192
-    """0 skips the inference section."""
+    """Folder for the result tables (<device>-d..-s..-k..-b...{json,md})."""
+    inference_batch: int = simple_parsing.field(default=8192, alias="--inference_batch_tokens")
+    """Tokens per encode+decode call in the inference section; 0 skips it."""
     inference_reps: int = 3
+    """Timed repetitions of the inference section."""
     seed: int = 0
+    """Seeds the activations and every SAE's initialisation."""
     keep_freed_memory: bool = True
     """CPU: glibc malloc keeps freed memory (``measure.keep_freed_memory``), so no peer pays page faults."""
 
@@ -385,9 +396,8 @@ def selected_labels(cfg: BenchConfig) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run the benchmark, print its tables, write ``<out>/<device>-d..-s..-k..-b..[-bf16].{json,md}``."""
-    cfg = simple_parsing.parse(
-        BenchConfig, args=argv, add_option_string_dash_variants=simple_parsing.DashVariant.DASH
-    )
+    cfg = simple_parsing.parse(BenchConfig, args=argv, formatter_class=LiteralPercentHelpFormatter,
+                               add_option_string_dash_variants=simple_parsing.DashVariant.UNDERSCORE_AND_DASH)
     register_architectures()
     on_cpu = not cfg.device.startswith("cuda")
     memory_kept = (cfg.keep_freed_memory and keep_freed_memory()) if on_cpu else None

@@ -63,12 +63,23 @@ def cli_main(main: MainT) -> MainT:
     return typing.cast(MainT, wrapped)
 
 
+SHARED_FLAGS = ("--out", "--model", "--d_sae", "--k", "--batch_tokens", "--batch_sequences",
+                "--eval_batch_sequences", "--read_batch_tokens")
+"""The names every command uses for the same thing; a field named otherwise takes one as an alias."""
+
+
 class LiteralPercentHelpFormatter(simple_parsing.SimpleHelpFormatter):
     """Help text from field docstrings, where a ``%`` is text ("a 95% interval"): argparse would read it
-    as a format directive and ``--help`` would crash. Its own ``%(default)s`` & co. still expand."""
+    as a format directive and ``--help`` would crash. Its own ``%(default)s`` & co. still expand. A flag
+    with one of the ``SHARED_FLAGS`` among its names is shown by that name first (older names after it)."""
 
     def _get_help_string(self, action: Any) -> str:
         return re.sub(r"%(?!\()", "%%", super()._get_help_string(action) or "")
+
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: Any = None) -> None:
+        for action in actions:  # display order only: the parser finds a flag by any of its names
+            action.option_strings.sort(key=lambda name: name not in SHARED_FLAGS)
+        super().add_usage(usage, actions, groups, prefix)
 
 
 def parse_config(config_class: type[ConfigT], argv: Sequence[str] | None = None, **parse_kwargs: Any) -> ConfigT:
@@ -82,7 +93,7 @@ def parse_config(config_class: type[ConfigT], argv: Sequence[str] | None = None,
 
 
 def _list_fields(config_class: type, prefix: str = "") -> set[str]:
-    """Flag names (without ``--``) of list-valued fields, nested dataclasses included."""
+    """Flag names (without ``--``) of list-valued fields and their aliases, nested dataclasses included."""
     names: set[str] = set()
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
@@ -91,6 +102,7 @@ def _list_fields(config_class: type, prefix: str = "") -> set[str]:
             names |= _list_fields(typing.cast(type, hint), prefix)
         elif typing.get_origin(hint) is list or list in [typing.get_origin(a) for a in typing.get_args(hint)]:
             names.add(prefix + field.name)
+            names.update(alias.lstrip("-") for alias in field.metadata.get("alias", []))
     return names
 
 

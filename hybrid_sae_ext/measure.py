@@ -116,11 +116,9 @@ def keep_freed_memory() -> bool:
 
     Why: by default glibc hands large freed blocks back to the OS, so a step that allocates fresh
     ``batch x d_sae`` temporaries pays page faults each time, and how often depends on the allocation
-    history of the whole process. On the 2-core Xeon this made sparsify's step vary from 41 to 50 ms
-    (bf16 autocast) and 75 ms (fp32), against 36 and 49 ms with memory kept; the hybrid, whose step
-    allocates no ``batch x d_sae`` tensor, was unaffected (27.8 ms both ways). Benchmarks call this
-    first, so every peer runs at its best, and so do the training scripts (SAELens TopK's step in the
-    comparison's trainer: 23.6 -> 16.4 ms).
+    history of the whole process: the dense peers' steps turn slow and erratic (measured:
+    docs/performance.md#measurements-behind-the-defaults). Benchmarks call this first, so every peer runs
+    at its best, and so do the training commands.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import simple_parsing
 import torch
 from transformer_lens import HookedTransformer
 
@@ -37,9 +38,9 @@ OUTPUT_ONLY_FIELDS = {"output_dir", "progress"}  # fields that do not change wha
 class CaptureConfig:
     """What to capture, from which model and text, and how to store it."""
 
-    output_dir: str = "activations"
+    output_dir: str = simple_parsing.field(default="activations", alias="--out")
     """Cache folder; an unfinished capture with the same config there is resumed."""
-    model_name: str = TINY_LM_NAME
+    model_name: str = simple_parsing.field(default=TINY_LM_NAME, alias="--model")
     """TransformerLens model name, a folder written by ``save_model_folder``, or the embedded default."""
     hook_names: list[str] = field(default_factory=lambda: ["blocks.0.hook_resid_post"])
     """Hooks captured together in each forward pass."""
@@ -61,7 +62,7 @@ class CaptureConfig:
     """Activation rows to store per hook (fewer if the dataset runs out first)."""
     tokens_per_shard: int = 1 << 16
     """Activation rows per shard file (the last shard may hold fewer)."""
-    batch_size: int = 32
+    batch_size: int = simple_parsing.field(default=32, alias="--batch_sequences")
     """Sequences per forward pass; part of the config because batching can change low-order bits."""
     storage_dtype: str = "float32"
     """float32/fp32, float16/fp16 or bfloat16/bf16."""

@@ -1,6 +1,6 @@
 """Build a dashboard folder for every latent of a saved SAE: statistics, weight statistics, site, exports.
 
-Why one entry point: ``scripts/build_dashboards.py`` stays a thin parser, and tests call ``build_dashboards``
+Why one entry point: ``hybrid-sae dashboards`` stays a thin parser, and tests call ``build_dashboards``
 directly. Every check that can fail runs before the first forward pass; every file is written atomically;
 the folder is locked for the whole build.
 """

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import simple_parsing
+
 from hybrid_sae_ext.activations.tokens import EMBEDDED_CORPUS
 from hybrid_sae_ext.pretrained import DEFAULT_SAE_PATH
 
@@ -27,8 +29,8 @@ class DashboardConfig:
     """``embedded`` (the packaged corpus), a local parquet/json/jsonl/txt/csv file or folder, or a hub name."""
     split: str = "train"
     """Dataset split to stream."""
-    batch_rows: int = 32
-    """Rows per forward pass (memory grows with it; the statistics do not depend on it)."""
+    batch_rows: int = simple_parsing.field(default=32, alias="--batch_sequences")
+    """Sequences (rows of the SAE's context size) per forward pass (memory grows with it, the statistics do not)."""
     n_top: int = 10
     """Top activating examples kept per latent."""
     quantile_groups: int = 5
@@ -60,6 +62,7 @@ class DashboardConfig:
     seed: int = 0
     """Seed of the uniform firing sample (keys depend only on it and the batch index, so resume is exact)."""
     device: str = "cpu"
+    """Device for the model and the SAE."""
     threads: int = 0
     """torch intra-op threads for the build (0: torch's default). On a CPU shared with other work, 1 is often faster."""
     progress: bool = True

@@ -36,7 +36,7 @@ class DashboardData:
         self.folder = Path(folder)
         meta_path = self.folder / META_FILE
         if not meta_path.is_file():
-            raise ValueError(f"{meta_path}: no dashboard here; build one with scripts/build_dashboards.py")
+            raise ValueError(f"{meta_path}: no dashboard here; build one with hybrid-sae dashboards")
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")

@@ -1,4 +1,13 @@
-"""The live demo's entry point (``scripts/serve_demo.py``) and a way to run it as a separate process.
+"""``hybrid-sae serve``: the live demo's entry point, and a way to run it as a separate process.
+
+Examples::
+
+    hybrid-sae serve      # the shipped pretrained SAE, live page only, http://127.0.0.1:8000/
+    hybrid-sae serve --sae_path results/hybrid-tiny-lm --dashboards results/dashboards --port 8000
+
+Binds to 127.0.0.1 unless --host says otherwise. Endpoints: GET /health, POST /api/activations,
+POST /api/search, POST /api/steer, the page at /, the dashboards at /dashboards/. It prints its URL once it
+accepts connections.
 
 Why a process: tests, the benchmark and the screenshots must talk to the demo exactly as a user's browser
 does, over HTTP to the real server, not to an app object inside the test.
@@ -37,14 +46,16 @@ class ServeConfig:
     sae_path: str = str(DEFAULT_SAE_PATH)
     """Folder of the saved SAE (cfg.json + sae_weights.safetensors); default: the shipped pretrained hybrid SAE."""
     dashboards: str | None = None
-    """Folder written by scripts/build_dashboards.py (its site/ is served at /dashboards/); none: the live page only."""
+    """Folder written by ``hybrid-sae dashboards`` (its site/ is served at /dashboards/); none: the live page only."""
     host: str = "127.0.0.1"
     """Interface to bind; the default keeps the demo on this machine."""
     port: int = 8000
+    """TCP port to listen on (0: any free port)."""
     device: str = "cpu"
+    """Device for the model and the SAE."""
     threads: int = 1
     """torch intra-op threads (0: torch's default). One request's tensors are small; with 1 thread a busy CPU
-    cannot stall it on thread synchronisation (measured: 57 ms vs 850 ms per 128-token request on a loaded 2-core CPU)."""
+    cannot stall it on thread synchronisation (measured: docs/performance.md#measurements-behind-the-defaults)."""
     trusted_hosts: list[str] = field(default_factory=list)
     """Host names (besides --host, and the loopback names when --host is loopback or a wildcard) that clients
     may put in the Host header; any other name is refused (DNS rebinding)."""
@@ -121,7 +132,7 @@ def timed_protocol(timeout_s: float) -> type[H11Protocol]:
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(ServeConfig, argv)
+    cfg = parse_config(ServeConfig, argv, description=__doc__)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     app = create_app(LiveModel(load_source(cfg.sae_path, cfg.device)), cfg.dashboards, cfg.allowed_hosts)

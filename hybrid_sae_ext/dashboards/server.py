@@ -143,7 +143,7 @@ def _describe(error: dict[str, Any]) -> str:
 
 NO_DASHBOARDS_PAGE = (
     "<!doctype html><meta charset=\"utf-8\"><title>No dashboards</title>"
-    "<p>This demo was started without dashboards. Build them with <code>python scripts/build_dashboards.py "
+    "<p>This demo was started without dashboards. Build them with <code>hybrid-sae dashboards "
     "--sae_path SAE --out results/dashboards</code> (no --sae_path: the shipped pretrained SAE) and start the demo "
     "with <code>--dashboards results/dashboards</code>.</p><p><a href=\"/\">back to the live page</a></p>"
 )
@@ -159,7 +159,7 @@ def create_app(
     """
     site = Path(dashboards) / "site" if dashboards is not None else None
     if site is not None and not (site / "index.html").is_file():
-        raise ValueError(f"{site}: no dashboard site here; build it with scripts/build_dashboards.py --out {dashboards}")
+        raise ValueError(f"{site}: no dashboard site here; build it with hybrid-sae dashboards --out {dashboards}")
     app = FastAPI(title="hybrid-sae-ext live demo", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit)
     app.add_middleware(HostCheck, allowed=allowed_hosts)  # added last: runs first

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import simple_parsing
 import torch
 from sae_lens import SAE
 
@@ -45,7 +46,7 @@ _RESUME_IGNORES = ("seeds", "lr_sweep", "out", "cache_dir", "wandb")
 
 @dataclass
 class ComparisonConfig:
-    """One comparison run (flags of ``scripts/run_comparison.py``)."""
+    """One comparison run (flags of ``hybrid-sae compare``)."""
 
     model: str = TINY_LM_NAME
     """TransformerLens model name (e.g. gpt2), a saved model folder, or the embedded default."""
@@ -53,15 +54,18 @@ class ComparisonConfig:
     """Block whose activations the SAEs learn (``blocks.<layer>.<hook_site>``)."""
     hook_site: str = "hook_resid_pre"
     """Hook point inside the block: ``hook_resid_pre``, ``hook_mlp_out``, ``hook_attn_out``, ``hook_resid_post``."""
-    n_features: int = 4096
-    batch_size: int = 8
+    n_features: int = simple_parsing.field(default=4096, alias="--d_sae")
+    """Latents per SAE (its width; 1,024 at most with ``--debug``)."""
+    batch_size: int = simple_parsing.field(default=8, alias="--batch_sequences")
     """Sequences per optimizer step (each gives context_size - 1 activations; BOS is skipped)."""
     context_size: int = 128
+    """Tokens per captured sequence, BOS included."""
     epochs: int | None = None
     """Passes over the captured activations (default 2; 4 with ``--debug``)."""
     tokens: int = 1_000_000
     """Activations captured for training."""
     architectures: list[str] = field(default_factory=lambda: list(VARIANTS))
+    """Variants to train (rows of ``hybrid_sae_ext.experiments.variants.VARIANTS``)."""
     target_l0: int = 32
     """The mean L0 every architecture is matched to."""
     frontier_factors: list[float] = field(default_factory=lambda: [0.5, 2.0])
@@ -94,7 +98,9 @@ class ComparisonConfig:
     cache_dir: str = ""
     """Activation cache folder (default: <out>/cache); reused and resumed across runs."""
     device: str = "cpu"
+    """Device for capture, training and evaluation."""
     out: str = "results/comparison"
+    """Output folder: comparison.{md,json}, figures, partial/ (per-seed passes, for resuming)."""
     wandb: str = ""
     """wandb project to log each SAE's training to (WANDB_MODE=offline works); empty disables."""
     debug: bool = False

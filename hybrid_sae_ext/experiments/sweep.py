@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import simple_parsing
 import torch
 from sae_lens import registry
 from sae_lens.saes.sae import TrainingSAE
@@ -73,16 +74,16 @@ class SweepConfig:
     architecture: str = "hybrid"
     """A comparison variant set by k or target_l0 (hybrid, hybrid-adaptive, ksparse, ksparse-matched, batchtopk,
     jumprelu), built as the comparison builds it; or a SAELens architecture with a k (topk...), its defaults."""
-    widths: list[int] = field(default_factory=list)
-    """n_features (d_sae) values; empty: the debug or full grid."""
-    ks: list[int] = field(default_factory=list)
-    """k values (the target L0 of target_l0 variants); empty: the debug or full grid."""
+    widths: list[int] = simple_parsing.field(default_factory=list, alias="--d_sae")
+    """SAE widths (latents, d_sae); empty: the debug or full grid."""
+    ks: list[int] = simple_parsing.field(default_factory=list, alias="--k")
+    """k values (latents per token; the target L0 of target_l0 variants); empty: the debug or full grid."""
     token_checkpoints: list[int] = field(default_factory=list)
     """Tokens after which every SAE is evaluated (increasing, multiples of batch_size); the last ends the run."""
     heldout_tokens: int = 0
     """Held-out activations (validation split) for evaluation; 0: the debug or full grid."""
-    batch_size: int = 1024
-    """Tokens per optimizer step, shared by all SAEs."""
+    batch_size: int = simple_parsing.field(default=1024, alias="--batch_tokens")
+    """Tokens (activation rows) per optimizer step, shared by all SAEs."""
     lr: float = 2e-3
     """Adam learning rate, constant after warmup (so checkpoints are points on one schedule)."""
     lr_warmup_steps: int = 10

@@ -229,7 +229,7 @@ def figure_tokens(report: dict[str, Any]) -> plt.Figure:
 
 @dataclass
 class VariantComparisonConfig:
-    """Which saved sweeps to compare (flags of ``scripts/compare_scaling_laws.py``)."""
+    """Which saved sweeps to compare (flags of ``hybrid-sae compare-scaling``)."""
 
     sweeps: list[str] = field(default_factory=list)
     """Sweep output folders (each with a scaling.json), one per variant."""

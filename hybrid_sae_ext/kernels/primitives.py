@@ -31,9 +31,7 @@ _HAS_TRITON = importlib.util.find_spec("triton") is not None
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 NATIVE_BLOCK_BYTES = 2**20
 """Token rows per block of the C++ gathered dot: half of a 2 MiB L2, so a block's rows stay in the
-core's cache while the weight rows stream past. On the 2-core Xeon: 2048 x 64 picks at d 512, 6.96 ->
-5.48 ms (4096 x 64: 16.1 -> 11.6 ms) against the unblocked order; 1/4 and 1/8 of it were slower (each
-block reads the weight rows again), and at d 256 / 1024 tokens it is one block, as before."""
+core's cache while the weight rows stream past (measured: docs/performance.md#measurements-behind-the-defaults)."""
 
 
 def _native_applies(rows: Tensor, columns: Tensor) -> bool:
@@ -60,10 +58,9 @@ def accumulation_dtype(*tensors: Tensor) -> torch.dtype:
 def take(vector: Float[Tensor, " m"], indices: Int[Tensor, "n k"]) -> Float[Tensor, "n k"]:
     """``vector[indices]`` (per-latent parameters at the selected latents), with the faster backward.
 
-    On CPU ``index_select``'s backward (``index_add_``) is ~4x faster than advanced indexing's
-    (``index_put_`` with accumulation: 0.07 vs 0.28 ms for 1024 x 32 picks of 8192 on the 2-core Xeon);
-    on CUDA advanced indexing stays: its sort-based backward is deterministic, ``index_add_``'s float
-    atomics are not.
+    On CPU ``index_select``'s backward (``index_add_``) is faster than advanced indexing's; on CUDA
+    advanced indexing stays: its sort-based backward is deterministic, ``index_add_``'s float atomics are
+    not (measured: docs/performance.md#measurements-behind-the-defaults).
     """
     if vector.is_cuda:
         return vector[indices]

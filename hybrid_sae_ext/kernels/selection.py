@@ -35,11 +35,8 @@ AUTO_MIN_FLOPS = 2**28
 choice that could flip between runs would make small runs irreproducible."""
 
 SELECTION_BLOCK_SCORES = {"cpu": 2**23, "cuda": 2**26}
-"""Scores per row block by device type. On the 2-core Xeon, with the native top-k, 2^23 (16 MiB in bf16)
-beat 2^22 at both CPU shapes (the bf16 GEMM is faster on 512 rows than on 256): training step -4% at
-d 512/F 16384 and level at d 256/F 8192, inference -7% and -8%; 2^24 gained nothing more. On an H200
-2^22 split a 4096-token batch into 32-128 blocks whose launches and small top-k calls dominated the
-step, and 2^26 (128 MiB in bf16) bounds the extra memory."""
+"""Scores per row block by device type: big enough that GEMM and top-k calls stay efficient, small enough
+to bound the extra memory (measured: docs/performance.md#measurements-behind-the-defaults)."""
 
 _auto_choice: dict[tuple[str, int, int, int, int], str] = {}
 

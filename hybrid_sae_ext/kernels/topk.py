@@ -1,23 +1,22 @@
 """Exact top-k indices of wide score rows, faster than ``torch.topk`` on CPU and on CUDA.
 
-Why: ``torch.topk`` costs ~2.6 ns per score on the 2-core Xeon (a per-row partial sort of (value, index)
-pairs), and on an H200 its radix select took 4.4 ms of a 13 ms hybrid step at ``d_sae = 131072``; it was
-the largest single cost of a training step on both. Both methods here rest on one fact: split a row into
-disjoint groups; a group whose maximum is below the k-th largest score holds none of the k largest, so
-the k largest scores lie in the k groups with the largest maxima.
+Why: ``torch.topk`` (a per-row partial sort on CPU, a radix select on CUDA) was the largest single cost
+of a training step on both (measured: docs/performance.md#measurements-behind-the-defaults). The methods
+here rest on one fact: split a row into disjoint groups; a group whose maximum is below the k-th largest
+score holds none of the k largest, so the k largest scores lie in the k groups with the largest maxima.
 
 * ``halving`` (CPU): groups are the pairs ``(j, j + width / 2)``; one vectorised ``maximum`` halves the
   row; recursing until the row is short and then taking, level by level, the k best of the ``2k``
   members of the k best pairs gives the exact top-k with small ``topk`` calls only.
 * ``native`` (CPU, where the C++ kernels of ``native.py`` build): the same bound in one pass per row
   (strided groups, the k-th largest group maximum as a threshold, a scan of the groups that reach
-  it), 2-3x faster than ``halving`` on the 2-core Xeon; it returns the indices ascending.
+  it), faster than ``halving``; it returns the indices ascending.
 * ``grouped`` (CUDA): group ``j`` is the scores ``j + i * width / GROUP`` (``halving`` applied
   ``log2(GROUP)`` times at once); one ``amax`` over the strided view (each thread reduces one group,
   neighbouring threads read neighbouring scores), a top-k of the ``width / GROUP`` group maxima, and a
   top-k of the ``k * GROUP`` members of the best groups, instead of the radix select's passes over every
-  score. (Groups of consecutive scores were slower on an H200: torch reduces a 16-wide inner dimension
-  at a fraction of the memory bandwidth.)
+  score. (Strided, not consecutive, groups: torch reduces a 16-wide inner dimension at a fraction of the
+  memory bandwidth.)
 """
 
 from __future__ import annotations
@@ -40,8 +39,8 @@ GROUP = 16
 GROUPED_MIN_WIDTH = 4 * GROUP
 """``grouped`` needs rows at least this many times ``k`` wide (else the members' top-k is not small)."""
 NATIVE_GROUPS_PER_K = 4
-"""``native`` splits a row into the power of two >= this many times ``k`` groups (~5k was fastest on the
-2-core Xeon at k 48 and 96: fewer make the member scan longer, more the selection among group maxima)."""
+"""``native`` splits a row into the power of two >= this many times ``k`` groups: fewer make the member scan
+longer, more the selection among group maxima (measured: docs/performance.md#measurements-behind-the-defaults)."""
 
 
 def topk_indices(scores: Float[Tensor, "n width"], k: int, method: TopKMethod = "auto") -> Int[Tensor, "n k"]:

@@ -1,10 +1,19 @@
-"""What ``scripts/train_hybrid_sae.py`` does: capture (if needed), train from the cache, save, evaluate.
+"""``hybrid-sae train``: capture (if needed), train from the cache, save for SAELens, evaluate.
 
-Why a library module: the script stays a thin argument parser, and every step is importable and
-testable. The order is chosen so that every mistake we can detect (bad config, unknown hook, a cache
-of another model or width, a checkpoint of another run) stops the run with a one-line error
-*before* any capture or training time is spent. Under ``torchrun`` every rank validates and reads
-the same global batches (the trainer slices them); only rank 0 captures, saves and evaluates.
+Example (the embedded default model and corpus, offline)::
+
+    hybrid-sae train --cache_dir runs/acts --out runs/hybrid --tokens 262144 \\
+        --d_sae 2048 --k 16 --batch_tokens 4096 --total_steps 500 --checkpoint_dir runs/hybrid-ckpt
+
+After a crash run the same command with ``--resume``: training continues from the newest good checkpoint on
+the same data stream. Data-parallel: ``torchrun --nproc_per_node N -m hybrid_sae_ext train ...`` (rank 0
+captures, saves and evaluates). The final SAE loads with ``sae_lens.SAE.load_from_disk(out)`` after
+``import hybrid_sae_ext``; metrics go to ``out/eval.json``.
+
+Why a library module: every step is importable and testable. The order is chosen so that every mistake we can
+detect (bad config, unknown hook, a cache of another model or width, a checkpoint of another run) stops the run
+with a one-line error *before* any capture or training time is spent. Under ``torchrun`` every rank validates
+and reads the same global batches (the trainer slices them); only rank 0 captures, saves and evaluates.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import simple_parsing
 import torch.distributed as dist
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAE
@@ -42,7 +52,7 @@ from hybrid_sae_ext.training.trainer import Trainer
 
 EVAL_FILE = "eval.json"
 SAE_RUN_FILES = (SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, EVAL_FILE, SPLICE_EVAL_FILE)
-"""What one run leaves in --out (``SPLICE_EVAL_FILE``: scripts/evaluate_sae.py's default output)."""
+"""What one run leaves in --out (``SPLICE_EVAL_FILE``: ``hybrid-sae evaluate``'s default output)."""
 STAGING_PREFIX = ".sae-"
 
 
@@ -69,8 +79,8 @@ class TrainScriptConfig:
     """Continue from the newest good checkpoint in --checkpoint_dir (start fresh if there is none)."""
     eval_batches: int = 10
     """Batches of held-out validation rows to splice-evaluate after training (0: skip the evaluation)."""
-    eval_batch_size: int = 8
-    """Rows per evaluation batch."""
+    eval_batch_size: int = simple_parsing.field(default=8, alias="--eval_batch_sequences")
+    """Sequences (rows of context_size tokens) per evaluation batch."""
     overwrite: bool = False
     """Replace an SAE already in --out (its cfg.json, weights and evaluation files are removed first)."""
     allow_config_change: bool = False
@@ -308,7 +318,7 @@ def train_and_save(
 @cli_main
 def main(argv: list[str] | None = None) -> None:
     """Parse, validate, train, report; bad input exits with status 2 and a one-line message before any training."""
-    cfg = parse_config(TrainScriptConfig, argv)
+    cfg = parse_config(TrainScriptConfig, argv, description=__doc__)
     keep_freed_memory()  # no page faults on fresh temporaries each step (see hybrid_sae_ext.measure)
     parallel = init_from_environment()
     try:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simple_parsing import field
+import simple_parsing
 
 from hybrid_sae_ext.architectures.build import config_fields, training_config
 from hybrid_sae_ext.architectures.registry import resolve_architecture
@@ -40,7 +40,7 @@ class TrainConfig:
     architecture: str = "hybrid"
     """A registered SAELens architecture or a comparison name (vanilla, gated, ksparse, hybrid)."""
     d_sae: int = 4096
-    """Number of latents."""
+    """Number of latents (the SAE's width)."""
     k: int = 32
     """Latents per token, for architectures whose config has ``k`` (ignored by the others)."""
     l1_coefficient: float | None = None
@@ -48,7 +48,7 @@ class TrainConfig:
     target_l0: float | None = None
     """Mean latents per token to settle at, for architectures whose config has ``target_l0`` (refused by the
     others); None: the architecture's default."""
-    sae_overrides: dict[str, Any] = field(default_factory=dict, **_JSON_FLAG)
+    sae_overrides: dict[str, Any] = simple_parsing.field(default_factory=dict, **_JSON_FLAG)
     """Other fields of the architecture's training config, e.g. '{"gate_rule": "batch"}' (a JSON object)."""
     lr: float = 4e-4
     """Peak Adam learning rate."""
@@ -56,8 +56,8 @@ class TrainConfig:
     """Linear warmup from lr/warmup to lr."""
     lr_decay_steps: int = 0
     """Linear decay to 0 over the last this many steps (0: constant after warmup)."""
-    batch_size: int = 4096
-    """Tokens per optimizer step, over all ranks and micro-batches."""
+    batch_size: int = simple_parsing.field(default=4096, alias="--batch_tokens")
+    """Tokens (activation rows) per optimizer step, over all ranks and micro-batches."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step; must divide batch_size (per rank)."""
     total_steps: int = 1000
@@ -75,12 +75,14 @@ class TrainConfig:
     skip_nonfinite_batches: bool = False
     """On a non-finite loss or gradient, skip that batch instead of stopping the run."""
     seed: int = 0
+    """Seeds the SAE's initialisation and the data order."""
     device: str = "cpu"
+    """Device for the SAE (cpu, cuda, cuda:1, ...)."""
     log_every: int = 10
     """Steps between progress-bar and wandb updates."""
     wandb_project: str | None = None
     """Log to this wandb project (set WANDB_MODE=offline to log without network); None disables."""
-    progress_bar: bool = field(default=True, alias=["--progress"])
+    progress_bar: bool = simple_parsing.field(default=True, alias=["--progress"])
     """Show a progress bar (a line every 30 s when stderr is not a terminal); ``--progress false`` as in the other
     commands."""
 

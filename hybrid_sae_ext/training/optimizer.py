@@ -1,8 +1,8 @@
 """Adam as every trainer here builds it: torch's fused kernel (CPU and CUDA), and fp32 master weights
 for parameters stored in bf16/fp16.
 
-Why fused: one pass over parameter, gradient and moments per step instead of ~7 foreach passes;
-2.6x faster than foreach on the 2-core Xeon (5.0 vs 13.0 ms for a 256 x 8192 SAE, 1 thread).
+Why fused: one pass over parameter, gradient and moments per step instead of ~7 foreach passes
+(measured: docs/performance.md#measurements-behind-the-defaults).
 The fused kernels walk those four tensors as flat memory, so a gradient or moment whose layout
 differs from its parameter's (a transposed ``W_enc``, moments loaded contiguous from a checkpoint)
 would be silently misread: ``LayoutSafeAdam`` copies such tensors into the parameter's layout first.

@@ -13,27 +13,27 @@ import pytest
 from hybrid_sae_ext.activations import capture_activations, open_cache, read_manifest
 from hybrid_sae_ext.folders import FolderLockedError
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "capture_activations.py"
+ROOT = Path(__file__).parents[2]
 # Runs the CLI with a pause after every shard, so the kill lands mid-run however fast the machine is.
 SLOW_CLI = """
 import runpy, sys, time
 from hybrid_sae_ext.activations.cache import CacheWriter
 write = CacheWriter.write_shard
 CacheWriter.write_shard = lambda self, tensors: (write(self, tensors), time.sleep(120))[0]
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+sys.argv = ["hybrid-sae", *sys.argv[1:]]
+runpy.run_module("hybrid_sae_ext", run_name="__main__")
 """
 
 
-ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(SCRIPT.parents[1])}  # this checkout's package
+ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}  # this checkout's package
 
 
 def _argv(config) -> list[str]:
     return [
-        "--output_dir", config.output_dir, "--model_name", config.model_name,
+        "--out", config.output_dir, "--model", config.model_name,
         "--hook_names", *config.hook_names, "--context_size", str(config.context_size),
         "--total_tokens", str(config.total_tokens), "--tokens_per_shard", str(config.tokens_per_shard),
-        "--batch_size", str(config.batch_size), "--progress", "false", "--measure_read", "false",
+        "--batch_sequences", str(config.batch_size), "--progress", "false", "--measure_read", "false",
     ]  # fmt: skip
 
 
@@ -52,7 +52,7 @@ def test_sigkilled_capture_resumes_to_the_uninterrupted_cache(model, small_confi
     capture_activations(reference, model)
 
     killed = small_config(tmp_path / "killed")
-    command = [sys.executable, "-c", SLOW_CLI, str(SCRIPT), *_argv(killed)]
+    command = [sys.executable, "-c", SLOW_CLI, "capture", *_argv(killed)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     try:
         _wait_for_listed_shard(tmp_path / "killed" / "manifest.json", process)
@@ -83,13 +83,13 @@ def test_second_capture_into_a_busy_folder_is_refused_and_a_dead_holder_does_not
     model, small_config, tmp_path
 ) -> None:
     config = small_config(tmp_path / "cache")
-    first = subprocess.Popen([sys.executable, "-c", SLOW_CLI, str(SCRIPT), *_argv(config)],
+    first = subprocess.Popen([sys.executable, "-c", SLOW_CLI, "capture", *_argv(config)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)  # fmt: skip
     try:
         _wait_for_listed_shard(tmp_path / "cache" / "manifest.json", first)  # it now sleeps, holding the lock
         before = {p.name: p.read_bytes() for p in (tmp_path / "cache").iterdir()}
         with pytest.raises(FolderLockedError, match=rf"activation cache '.*cache' is in use by pid {first.pid} on "
-                           r".* since .*capture_activations\.py"):  # fmt: skip
+                           r".* since .*\(hybrid-sae capture --out "):  # fmt: skip
             capture_activations(config, model)
         assert {p.name: p.read_bytes() for p in (tmp_path / "cache").iterdir()} == before  # the first is intact
         assert open_cache(tmp_path / "cache", allow_incomplete=True).num_shards >= 1

@@ -33,7 +33,7 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
 
 @pytest.fixture(scope="module")
 def server(hybrid_sae_path: Path, hybrid_dashboards: Path) -> Iterator[str]:
-    """The demo in its own process (the entry point of scripts/serve_demo.py) until the module's tests end."""
+    """The demo in its own process (the entry point of ``hybrid-sae serve``) until the module's tests end."""
     with demo_process(hybrid_sae_path, hybrid_dashboards) as url:
         yield url
 

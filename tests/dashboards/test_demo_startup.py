@@ -47,7 +47,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def test_serve_without_arguments_prints_its_url_within_10_s_and_serves_the_shipped_sae() -> None:
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "serve_demo.py"), "--port", "0"],
+        [sys.executable, "-m", "hybrid_sae_ext", "serve", "--port", "0"],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -65,7 +65,7 @@ def test_serve_without_arguments_prints_its_url_within_10_s_and_serves_the_shipp
         assert len(features["tokens"]) == len(features["features"]) == 5
         assert all(len(top) == 5 for top in features["features"])
         missing = httpx.get(f"{url}/dashboards/index.html", timeout=WALL_LIMIT_S)
-        assert missing.status_code == 404 and "scripts/build_dashboards.py" in missing.text
+        assert missing.status_code == 404 and "hybrid-sae dashboards" in missing.text
     finally:
         process.terminate()
         try:

@@ -193,7 +193,7 @@ def test_a_second_builder_on_a_locked_folder_is_refused(hybrid_sae_path: Path, t
 
 
 def test_cli_prints_one_line_error_for_bad_input(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_dashboards.py"), "--sae_path",
+    result = subprocess.run([sys.executable, "-m", "hybrid_sae_ext", "dashboards", "--sae_path",
                              str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode != 0

@@ -1,4 +1,4 @@
-"""Every test the README's bad-input table names exists (file, function, and parameter id where given)."""
+"""Every test the bad-input table of docs/reliability.md names exists (file, function, parameter id where given)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ ROOT = Path(__file__).parents[2]
 
 
 def test_every_test_named_in_the_bad_input_table_exists() -> None:
-    section = (ROOT / "README.md").read_text().split("Bad input and the error it gets", 1)[1].split("\n## ", 1)[0]
+    page = (ROOT / "docs" / "reliability.md").read_text()
+    section = page.split("Bad input and the error it gets", 1)[1].split("\n## ", 1)[0]
     named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)(?:\[([\w-]+)\])?`", section)
     assert len(named) >= 40
     for file, function, case in named:
@@ -20,9 +21,9 @@ def test_every_test_named_in_the_bad_input_table_exists() -> None:
 
 
 def test_the_demo_status_table_covers_every_status_the_server_answers() -> None:
-    """Every status code the server code sends or its tests expect is a row of the README's live-demo table."""
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("| status | when |", 1)[1].split("\n\n", 1)[0]
+    """Every status code the server code sends or its tests expect is a row of docs/reliability.md's live-demo table."""
+    page = (ROOT / "docs" / "reliability.md").read_text()
+    table = page.split("| status | when |", 1)[1].split("\n\n", 1)[0]
     documented = {int(code) for code in re.findall(r"^\| (\d{3}) \|", table, flags=re.M)}
     server = (ROOT / "hybrid_sae_ext" / "dashboards" / "server.py").read_text()
     tests = (ROOT / "tests" / "dashboards" / "test_server.py").read_text()

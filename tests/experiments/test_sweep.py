@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 import torch
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 
+from hybrid_sae_ext import cli
 from hybrid_sae_ext.experiments.variants import ComparisonVariant, settings_at
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig, RunSpec, build_run
 from hybrid_sae_ext.experiments.sweep import SweepConfig, build_trainer, derive_scaling_laws, evaluate
@@ -22,8 +22,6 @@ from hybrid_sae_ext.training.trainer import build_training_sae
 
 WIDTHS, KS, BUDGETS = [32, 64, 128, 256], [4, 8, 16], [2048, 4096, 8192, 16384]
 SWEEPABLE = ["jumprelu", "ksparse", "ksparse-matched", "batchtopk", "hybrid", "hybrid-adaptive"]
-SCRIPT = Path(__file__).parents[2] / "scripts" / "derive_scaling_laws.py"
-COMPARE_SCRIPT = Path(__file__).parents[2] / "scripts" / "compare_scaling_laws.py"
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +32,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sweep(root: Path) -> tuple[Path, dict[str, Any]]:
     """One real sweep through the CLI: capture from the embedded model, train 12 SAEs in one pass, fit, write."""
-    spec = importlib.util.spec_from_file_location("derive_scaling_laws", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    script.main([
-        "--out", str(root / "out"), "--cache_dir", str(root / "cache"), "--batch_size", "512",
-        "--widths", *map(str, WIDTHS), "--ks", *map(str, KS), "--token_checkpoints", *map(str, BUDGETS),
+    cli.main([
+        "scaling", "--out", str(root / "out"), "--cache_dir", str(root / "cache"), "--batch_tokens", "512",
+        "--d_sae", *map(str, WIDTHS), "--k", *map(str, KS), "--token_checkpoints", *map(str, BUDGETS),
         "--heldout_tokens", "2048", "--lr", "4e-3", "--n_boot", "40", "--noprogress",
     ])
     out = root / "out"
@@ -120,11 +114,7 @@ def test_other_architectures_sweep_from_the_same_cache(sweep: tuple[Path, dict[s
 def test_variants_are_compared_from_saved_sweeps(root: Path, sweep: tuple[Path, dict[str, Any]],
                                                  matched: tuple[Path, dict[str, Any]],
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("compare_scaling_laws", COMPARE_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    script.main(["--sweeps", str(sweep[0]), str(matched[0]), "--out", str(root / "variants")])
+    cli.main(["compare-scaling", "--sweeps", str(sweep[0]), str(matched[0]), "--out", str(root / "variants")])
     text = (root / "variants" / "variants.md").read_text()
     fits = {name: report["fits"]["n_per_k"][str(KS[0])]["params"]["alpha"]
             for name, report in (("hybrid", sweep[1]), ("ksparse-matched", matched[1]))}
@@ -146,7 +136,7 @@ def test_variants_are_compared_from_saved_sweeps(root: Path, sweep: tuple[Path, 
     (root / "other").mkdir()
     (root / "other" / "scaling.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit):
-        script.main(["--sweeps", str(sweep[0]), str(root / "other"), "--out", str(root / "refused")])
+        cli.main(["compare-scaling", "--sweeps", str(sweep[0]), str(root / "other"), "--out", str(root / "refused")])
     assert "sweeps 'hybrid' and 'ksparse-matched' differ in lr: 0.004 vs 0.002" in capsys.readouterr().err
     assert not (root / "refused" / "variants.md").exists()
 

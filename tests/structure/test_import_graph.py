@@ -20,10 +20,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("activations", "evals", "distributed", "embedded"),
     ("training",),
     ("experiments", "dashboards"),
-    ("cli_errors", "training.cli", "evals.cli", "dashboards.serve"),
+    ("cli_errors", "activations.cli", "training.cli", "evals.cli", "experiments.cli", "dashboards.cli",
+     "dashboards.serve"),
+    ("cli", "__main__"),
 )
-"""Bottom to top; a module may import only from its own layer or below. The package's ``__init__`` (which
-re-exports the public API) and each command line sit on top. A dotted name overrides its parent's layer."""
+"""Bottom to top; a module may import only from its own layer or below. Each command line sits near the top,
+the ``hybrid-sae`` dispatcher above them, the package's ``__init__`` (which re-exports the public API) above
+all. A dotted name overrides its parent's layer."""
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:

@@ -1,4 +1,4 @@
-"""scripts/train_hybrid_sae.py end to end: capture, train, save for SAELens, evaluate, wandb offline, kill and resume."""
+"""``hybrid-sae train`` end to end: capture, train, save for SAELens, evaluate, wandb offline, kill and resume."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from hybrid_sae_ext.models import TINY_LM_NAME
 from hybrid_sae_ext.training.cli import main
 from tests.training.test_checkpoint import _fill, small_disk  # noqa: F401  (a fixture: a real 1 MiB tmpfs)
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "train_hybrid_sae.py"
+ROOT = Path(__file__).parents[2]
 HOOK = "blocks.1.hook_resid_pre"
 STEPS = 40
 TRAIN_ARGS = [
-    "--d_sae", "256", "-k", "8", "--batch_size", "1024", "--total_steps", str(STEPS), "--lr", "3e-3",
+    "--d_sae", "256", "-k", "8", "--batch_tokens", "1024", "--total_steps", str(STEPS), "--lr", "3e-3",
     "--lr_warmup_steps", "5", "--lr_decay_steps", "10", "--dead_after_tokens", "4096", "--seed", "3",
     "--progress_bar", "false",
 ]  # fmt: skip
@@ -38,11 +38,14 @@ def _env(tmp: Path) -> dict[str, str]:
     """One thread (faster on small shared CPUs, same float reduction order in every run); wandb kept in tmp."""
     wandb = {name: str(tmp / "wandb-home") for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")}
     return {**os.environ, **wandb, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp),
-            "PYTHONPATH": str(SCRIPT.parents[1])}  # this checkout's package, not another installed copy
+            "PYTHONPATH": str(ROOT)}  # this checkout's package, not another installed copy
+
+
+COMMAND = [sys.executable, "-m", "hybrid_sae_ext", "train"]
 
 
 def _cli(tmp: Path, *args: str) -> list[str]:
-    return [sys.executable, str(SCRIPT), "--cache_dir", str(tmp.parent / "cache"), *TRAIN_ARGS, *args]
+    return [*COMMAND, "--cache_dir", str(tmp.parent / "cache"), *TRAIN_ARGS, *args]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +126,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(reference: Path, capsys
     assert newest < f"step-{STEPS:09d}" and not (tmp / "out" / "cfg.json").exists(), "the run finished before the kill"
 
     with pytest.raises(SystemExit):  # the killed run's locks were released by its death
-        main(_cli(tmp, *args)[2:])  # a fresh run would prune its own new checkpoints first
+        main(_cli(tmp, *args)[len(COMMAND):])  # a fresh run would prune its own new checkpoints first
     assert re.search(r"already holds checkpoints .*pass --resume to continue", capsys.readouterr().err)
 
     resumed = subprocess.run(
@@ -175,7 +178,7 @@ def test_bad_input_stops_before_training(
 
 def _quick(reference: Path, tmp: Path, *args: str) -> list[str]:
     """In-process arguments for a 2-step run on the reference's cache (a second or so)."""
-    return [*_cli(tmp, "--total_steps", "2", "--lr_decay_steps", "0", "--eval_batches", "0", *args)[2:]]
+    return [*_cli(tmp, "--total_steps", "2", "--lr_decay_steps", "0", "--eval_batches", "0", *args)[len(COMMAND):]]
 
 
 def test_overwrite_replaces_every_file_of_the_old_sae(
@@ -248,7 +251,7 @@ def test_second_training_on_a_busy_checkpoint_dir_is_refused(
         with pytest.raises(SystemExit):
             main(_quick(reference, tmp_path, "--out", str(tmp_path / "second"), *args, "--resume"))
         err = capsys.readouterr().err
-        holder = rf"checkpoint folder '.*ckpt' is in use by pid {first.pid} on .*train_hybrid_sae\.py"
+        holder = rf"checkpoint folder '.*ckpt' is in use by pid {first.pid} on .*\(hybrid-sae train --cache_dir"
         assert re.search(holder, err), err
     finally:
         first.send_signal(signal.SIGCONT)
