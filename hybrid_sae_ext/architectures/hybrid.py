@@ -188,9 +188,11 @@ class _HybridMixin:
         Why the ``open`` factor and not a mask of ``values > 0``: the gate decides the support, so a
         latent the gate opened may take a value here even where its magnitude was clipped to 0.
         """
+        if not self.cfg.refine_steps:
+            return values
         kernels = get_kernels(self.kernel_backend)
         scales = self._inverse_norms()
-        for rate in self.refine_rate if self.cfg.refine_steps else ():
+        for rate in self.refine_rate:
             if decoded is None:
                 decoded = sum_latents(kernels.decode(values, indices, self.W_dec, scales))
             step = kernels.row_dots(centered - decoded, indices, self.W_dec, scales)

@@ -14,12 +14,16 @@ path with one warning; ``HYBRID_SAE_NATIVE=0`` turns the kernels off. The first 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -54,28 +58,72 @@ def disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off")
 
 
-def is_built(name: str) -> bool:
-    """Whether PyTorch's extension cache already holds this build (loading it then takes well under a second)."""
+def _build_directory(name: str) -> Path:
     from torch.utils import cpp_extension
 
-    build_directory = Path(cpp_extension._get_build_directory(name, verbose=False))
-    return any(build_directory.glob(f"{name}.*so")) or any(build_directory.glob(f"{name}.pyd"))
+    return Path(cpp_extension._get_build_directory(name, verbose=False))
+
+
+def _built_library(name: str) -> Path | None:
+    libraries = [*_build_directory(name).glob(f"{name}.*so"), *_build_directory(name).glob(f"{name}.pyd")]
+    return libraries[0] if libraries else None
+
+
+def is_built(name: str) -> bool:
+    """Whether PyTorch's extension cache already holds this build (loading it then takes well under a second)."""
+    return _built_library(name) is not None
+
+
+def _load_built(name: str) -> ModuleType | None:
+    """The cached build imported directly, or None where there is none or it does not import (a build
+    killed while linking). Not through ``cpp_extension.load``: that takes PyTorch's build lock and reruns
+    ninja, which recompiles whenever the package sits at another path (a copy, a spawned worker's view)."""
+    library = _built_library(name)
+    if library is None:
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(name, library)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except ImportError:
+        return None
+
+
+@contextlib.contextmanager
+def _exclusive_build(name: str) -> Iterator[None]:
+    """One builder per machine, under a lock the kernel drops when its holder dies. PyTorch's own build
+    lock is a file that a killed build leaves behind, after which every later ``load`` waits forever; a
+    holder of this lock is the only builder, so such a file is stale and is removed."""
+    directory = _build_directory(name)
+    with open(directory / f"{name}.build-lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        (directory / "lock").unlink(missing_ok=True)
+        yield
 
 
 @functools.cache
 def _build() -> ModuleType | None:
     from torch.utils import cpp_extension
 
+    name = build_name()
     try:
-        if not is_built(build_name()):
+        built = _load_built(name)
+        if built is not None:
+            return built
+        with _exclusive_build(name):
+            built = _load_built(name)  # another process built it while this one waited
+            if built is not None:
+                return built
             print("hybrid_sae_ext: building the C++ kernels (once per machine, ~40 s)", file=sys.stderr, flush=True)
-        return cpp_extension.load(
-            name=build_name(),
-            sources=[str(source) for source in SOURCES],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+            return cpp_extension.load(
+                name=name,
+                sources=[str(source) for source in SOURCES],
+                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
     except Exception as error:  # noqa: BLE001 - any build failure means: use the PyTorch path
         warnings.warn(
             f"hybrid_sae_ext's CPU kernels could not be built ({type(error).__name__}: {error}); "

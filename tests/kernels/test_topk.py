@@ -5,7 +5,9 @@ with and without a partial last round) and widths that cannot."""
 from __future__ import annotations
 
 import shutil
+import types
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,7 +115,7 @@ def test_without_the_kernel_native_falls_back_to_halving(monkeypatch: pytest.Mon
     assert len(halving_calls) >= 2
 
 
-def test_a_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from torch.utils import cpp_extension
 
     def no_compiler(**_: object) -> None:
@@ -121,6 +123,7 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatc
 
     native._build.cache_clear()
     monkeypatch.delenv(native.DISABLE_ENV, raising=False)  # the build must be attempted here
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache: nothing built to load
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     try:
         with pytest.warns(RuntimeWarning, match="could not be built .*no C\\+\\+ compiler here"):
@@ -129,6 +132,48 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatc
             warnings.simplefilter("error")
             assert native.native_kernels() is None  # the failure is remembered: no second warning
             _check_same_top_values(torch.randn(5, 1024), 8, "auto")
+    finally:
+        native._build.cache_clear()
+
+
+def test_a_lock_left_by_a_killed_build_does_not_block_the_next(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """PyTorch's build lock is a plain file; a build killed mid-way leaves it and ``load`` would wait forever."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.delenv(native.DISABLE_ENV, raising=False)
+    stale_lock = native._build_directory(native.build_name()) / "lock"
+    stale_lock.touch()
+    loaded = types.ModuleType("built")
+
+    def load(**_: object) -> types.ModuleType:
+        assert not stale_lock.exists(), "the stale lock was still there when the build started"
+        return loaded
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    native._build.cache_clear()
+    try:
+        assert native.native_kernels() is loaded
+    finally:
+        native._build.cache_clear()
+
+
+def test_a_cached_build_loads_without_the_build_machinery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A built library is imported directly: no lock, no ninja (which would recompile for a copy of the
+    package at another path, as in the mutation check and spawned workers)."""
+    from torch.utils import cpp_extension
+
+    if native.disabled() or not native.is_built(native.build_name()):
+        pytest.skip("no cached native build here (HYBRID_SAE_NATIVE=0 or no compiler)")
+
+    def load(**_: object) -> None:
+        raise AssertionError("cpp_extension.load was called for a cached build")
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    native._build.cache_clear()
+    try:
+        kernels = native.native_kernels()
+        assert kernels is not None and hasattr(kernels, "sorted_topk_indices")
     finally:
         native._build.cache_clear()
 

@@ -48,7 +48,7 @@ class Mutant:
     replacement: str
     tests: tuple[str, ...] = REFERENCE_TESTS
     """Test files (relative to the repository) that must catch it."""
-    paths: tuple[str, ...] = ()
+    paths: tuple[str, ...] = SHARDED
     """Tests of the other paths through the mutated code; each must fail as well (run one at a time)."""
 
 

@@ -14,6 +14,7 @@ from mutation_check import MUTANTS, REPO, TARGET, Mutant, apply  # noqa: E402
 SCRIPT = Path(__file__).parent / "mutation_check.py"
 
 
+@pytest.mark.timeout(1900)  # its own subprocess limit is 1800 s (the check takes ~4 min on 2 cores)
 def test_every_mutant_is_caught_and_the_unmutated_tests_pass() -> None:
     # a fresh process: the check forks its runs from a process that has not imported hybrid_sae_ext
     done = subprocess.run([sys.executable, str(SCRIPT)], cwd=REPO, capture_output=True, text=True, timeout=1800)
