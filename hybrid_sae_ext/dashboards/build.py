@@ -15,8 +15,16 @@ import torch
 from safetensors.torch import save_file
 
 from hybrid_sae_ext.dashboards.config import DashboardConfig
+from hybrid_sae_ext.dashboards.decode import token_bytes
 from hybrid_sae_ext.dashboards.exports import write_exports
-from hybrid_sae_ext.dashboards.records import FORMAT, META_FILE, VOCAB_FILE, WEIGHT_STATS_FILE, DashboardData
+from hybrid_sae_ext.dashboards.records import (
+    FORMAT,
+    META_FILE,
+    VOCAB_BYTES_FILE,
+    VOCAB_FILE,
+    WEIGHT_STATS_FILE,
+    DashboardData,
+)
 from hybrid_sae_ext.dashboards.render import write_site
 from hybrid_sae_ext.dashboards.source import SAESource, load_source, read_sae_metadata
 from hybrid_sae_ext.dashboards.stats import STATE_FILE, compute_statistics, make_plan
@@ -52,7 +60,7 @@ def write_weight_stats(cfg: DashboardConfig, source: SAESource) -> None:
 def check_out_is_free(cfg: DashboardConfig, out: Path) -> None:
     """Refuse an --out holding anything but this builder's lock and unfinished state, unless --overwrite.
 
-    Why: the build replaces site/ (with any file a user put in it), vocab.json and exports/; an --out that
+    Why: the build replaces site/ (with any file a user put in it), the vocabulary files and exports/; an --out that
     already holds a build or other files is a mistake more often than a wish to replace them.
     """
     own = {LOCK_FILE, STATE_FILE}
@@ -86,6 +94,7 @@ def build_dashboards(cfg: DashboardConfig, stop_after_batches: int | None = None
         mark = time.perf_counter()
         write_weight_stats(cfg, source)
         write_json_atomic(out / VOCAB_FILE, vocabulary(source))
+        write_json_atomic(out / VOCAB_BYTES_FILE, token_bytes(source.model.tokenizer, range(source.model.cfg.d_vocab)))
         write_json_atomic(out / META_FILE, {
             "format": FORMAT, "sae_path": str(Path(cfg.sae_path).resolve()), "model_name": source.model_name,
             "hook_name": source.hook_name, "architecture": source.sae.cfg.architecture(), "d_sae": source.d_sae,

@@ -8,6 +8,7 @@ nothing); the bytes each token holds are shown beside it (a tooltip), so nothing
 
 from __future__ import annotations
 
+import codecs
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,17 @@ def span_token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
         done = text
     if texts:
         texts[-1] += tokenizer.decode(list(ids))[len(done):]  # a span that ends mid-character keeps its U+FFFD
+    return texts
+
+
+def texts_from_bytes(pieces: Sequence[bytes]) -> list[str]:
+    """One string per token from each token's raw bytes, with the same rule as ``span_token_texts``: a
+    character split over tokens goes to the token that completes it. Needs no tokenizer, so the static pages
+    (which keep each token's bytes, ``vocab_bytes.json``) decode their example windows the same way."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    texts = [decoder.decode(piece) for piece in pieces]
+    if texts:
+        texts[-1] += decoder.decode(b"", final=True)  # a window that ends mid-character keeps its U+FFFD
     return texts
 
 

@@ -16,9 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 from hybrid_sae_ext.dashboards.accumulate import NO_EXAMPLE
+from hybrid_sae_ext.dashboards.decode import texts_from_bytes
 
 META_FILE = "dashboard.json"
 VOCAB_FILE = "vocab.json"
+VOCAB_BYTES_FILE = "vocab_bytes.json"
+"""Each token's raw bytes as hex: example windows decode from them (a character split over tokens stays whole)."""
 WEIGHT_STATS_FILE = "weight_stats.safetensors"
 FORMAT = "hybrid_sae_ext.dashboards/1"
 
@@ -41,6 +44,8 @@ class DashboardData:
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
         self.vocab: list[str] = json.loads((self.folder / VOCAB_FILE).read_text())
+        bytes_path = self.folder / VOCAB_BYTES_FILE  # absent in folders built before it existed
+        self.vocab_bytes: list[str] | None = json.loads(bytes_path.read_text()) if bytes_path.is_file() else None
         self.stats = load_file(str(self.folder / STATS_FILE)) | load_file(str(self.folder / WEIGHT_STATS_FILE))
 
     @property
@@ -62,10 +67,17 @@ class DashboardData:
                 out.append(None)
                 continue
             kept = [j for j, t in enumerate(row_ids) if t >= 0]
-            out.append({"tokens": [self.vocab[row_ids[j]] for j in kept],
+            out.append({**self._window_tokens([row_ids[j] for j in kept]),
                         "values": [round(row_values[j], 4) for j in kept],
                         "center": before - sum(1 for t in row_ids[:before] if t < 0), "location": location})
         return out
+
+    def _window_tokens(self, ids: list[int]) -> dict[str, list[str]]:
+        """An example window's token texts (decoded across tokens where the bytes are known) and their bytes."""
+        if self.vocab_bytes is None:
+            return {"tokens": [self.vocab[i] for i in ids]}
+        hexes = [self.vocab_bytes[i] for i in ids]
+        return {"tokens": texts_from_bytes([bytes.fromhex(h) for h in hexes]), "token_bytes": hexes}
 
     @cached_property
     def _top_token_ids(self) -> list[list[int]]:

@@ -52,6 +52,23 @@ def test_index_histogram_counts_every_latent_by_log_density(hybrid_dashboards: P
     assert sum(expected) + densities.count(0.0) == data.d_sae and densities.count(0.0) > 0
 
 
+def test_example_windows_decode_characters_split_over_byte_tokens(hybrid_dashboards: Path) -> None:
+    """A page's example rows decode a window's bytes as one text: a character split over two byte tokens shows
+    whole on the token that completes it (not U+FFFD twice), and each token's bytes come along for the tooltip."""
+    data = DashboardData(hybrid_dashboards)
+    assert data.vocab_bytes is not None and len(data.vocab_bytes) == len(data.vocab)
+    ascii_ids = [i for i, text in enumerate(data.vocab) if text.isascii() and text][:3]
+    first, second = ascii_ids[0], ascii_ids[1]
+    data.vocab_bytes[first], data.vocab_bytes[second] = "63 c3", "a9"  # "c" + half of "é", then its other half
+    window = data._window_tokens([ascii_ids[2], first, second])
+    assert window["tokens"] == [data.vocab[ascii_ids[2]], "c", "é"]
+    assert window["token_bytes"][1:] == ["63 c3", "a9"]
+    for record in filter(None, (data.record(latent) for latent in range(data.d_sae))):
+        for example in record["top_examples"]:
+            text = bytes.fromhex(" ".join(example["token_bytes"])).decode("utf-8", errors="replace")
+            assert "".join(example["tokens"]) == text and len(example["tokens"]) == len(example["values"])
+
+
 def test_saedashboard_and_neuronpedia_exports_map_the_record_fields(hybrid_dashboards: Path) -> None:
     data = DashboardData(hybrid_dashboards)
     latent = int(data.stats["count"].argmax())

@@ -24,7 +24,7 @@
       const row = el("div", { class: "example", "data-activation": String(e.activation) });
       if (withQuantile) row.appendChild(el("span", { class: "act q", text: "q=" + e.quantile.toFixed(2) }));
       row.appendChild(el("span", { class: "act", text: fmt(e.activation), title: "activation at the outlined token" }));
-      row.appendChild(tokenLine(e.tokens, e.values, d.max, e.center));
+      row.appendChild(tokenLine(e.tokens, e.values, d.max, e.center, e.token_bytes));
       box.appendChild(row);
     });
     root.appendChild(box);
