@@ -41,7 +41,7 @@ from hybrid_sae_ext.training.multi import BroadcastSource, MultiTrainer, SingleH
 from hybrid_sae_ext.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
-_RESUME_IGNORES = ("seeds", "lr_sweep", "out", "cache_dir", "wandb")
+_RESUME_IGNORES = ("seeds", "lr_sweep", "out", "cache_dir", "wandb", "progress")
 
 
 @dataclass
@@ -103,6 +103,8 @@ class ComparisonConfig:
     """Output folder: comparison.{md,json}, figures, partial/ (per-seed passes, for resuming)."""
     wandb: str = ""
     """wandb project to log each SAE's training to (WANDB_MODE=offline works); empty disables."""
+    progress: bool = True
+    """Progress of the capture and of each training pass on stderr (a line per 30 s in a log); false: none."""
     debug: bool = False
     """Sized for 2 CPU cores: 524,288 tokens (the embedded corpus' train split), 4 epochs, 1,024 latents,
     8 eval batches."""
@@ -210,7 +212,7 @@ def train_pass(cfg: ComparisonConfig, specs: list[RunSpec], acts: torch.Tensor, 
     out = {name: {"trainer": t, "history": [], "train_seconds": 0.0, "heldout_curve": []} for name, t in trainers.items()}
     done = 0
     for mark in marks:
-        result = multi.train(mark - done, progress=False)
+        result = multi.train(mark - done, progress=cfg.progress)
         done = mark
         for name, trainer in trainers.items():
             out[name]["history"] += result.history[name]
@@ -312,7 +314,7 @@ def capture(cfg: ComparisonConfig, model: Any, split: str = "train", tokens: int
     capture_activations(
         CaptureConfig(output_dir=str(cache_dir), model_name=cfg.model, hook_names=[cfg.hook_name], dataset_split=split,
                       context_size=cfg.context_size, skip_bos_activations=True, total_tokens=tokens,
-                      tokens_per_shard=min(tokens, 1 << 16), device=cfg.device, progress=False),
+                      tokens_per_shard=min(tokens, 1 << 16), device=cfg.device, progress=cfg.progress),
         model=model,
     )
     return open_cache(cache_dir, hook_name=cfg.hook_name).load_all(cfg.hook_name)
