@@ -67,7 +67,13 @@ HYBRIDS: dict[str, dict[str, Any]] = {
     "hybrid@sel-float32": {"selection_dtype": "float32"},
     "hybrid@sel-bfloat16": {"selection_dtype": "bfloat16"},
     "hybrid-dense-reference": {"kernel_backend": "dense", "selection_dtype": "float32"},
+    # The redesigns of the comparison (``experiments/variants.py``) at the same per-token cap k; the
+    # target-L0 ones settle at k/2 (the comparison's k = 2 x target). Opt-in (``--only``).
+    "hybrid@refine": {"refine_steps": 1},
+    "hybrid@batch": {"gate_rule": "batch", "target_l0": "k/2"},
+    "hybrid@batch-refine": {"gate_rule": "batch", "target_l0": "k/2", "refine_steps": 1},
 }
+REDESIGNS = ("hybrid@refine", "hybrid@batch", "hybrid@batch-refine")
 SAELENS_PEERS: dict[str, dict[str, Any]] = {
     "standard": {"l1_coefficient": L1_COEFFICIENT},
     "gated": {"l1_coefficient": L1_COEFFICIENT},
@@ -79,7 +85,7 @@ K_BASED = {"hybrid", "topk", "batchtopk"}
 PEERS = (*SAELENS_PEERS, "sparsify")
 PEER_LABELS = tuple(f"{p}{suffix}" for p in PEERS for suffix in ("", AUTOCAST))
 ALL_LABELS = (*HYBRIDS, *PEER_LABELS)
-DEFAULT_LABELS = tuple(label for label in ALL_LABELS if label != "hybrid-dense-reference")
+DEFAULT_LABELS = tuple(label for label in ALL_LABELS if label not in ("hybrid-dense-reference", *REDESIGNS))
 REFERENCE = "topk"
 
 
@@ -106,7 +112,7 @@ class BenchConfig:
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
     """Device (default: cuda when there is one, else cpu)."""
     only: str = ""
-    """Comma list of labels (see ALL_LABELS); empty: all but hybrid-dense-reference."""
+    """Comma list of labels (see ALL_LABELS); empty: all but hybrid-dense-reference and the redesigns."""
     out: str = "benchmarks/results"
     """Folder for the result tables (<device>-d..-s..-k..-b...{json,md})."""
     inference_batch: int = simple_parsing.field(default=8192, alias="--inference_batch_tokens")
@@ -202,6 +208,8 @@ def saelens_contender(label: str, cfg: BenchConfig) -> Contender:
     extra = HYBRIDS[label] if label in HYBRIDS else SAELENS_PEERS[arch]
     sae_cls, cfg_cls = get_sae_training_class(arch)
     extra = {**extra, "k": cfg.k} if arch in K_BASED else extra
+    if extra.get("target_l0") == "k/2":
+        extra["target_l0"] = cfg.k / 2
     sae = sae_cls(cfg_cls(d_in=cfg.d_in, d_sae=cfg.d_sae, dtype=cfg.dtype, device=cfg.device, **extra))
     params = list(sae.parameters())
     opt = make_adam(params, cfg.lr)
