@@ -318,9 +318,9 @@ def check_sae_tensors(folder: Path, cfg_dict: dict[str, Any], state_dict: dict[s
     sae_cfg = SAE.get_sae_config_class_for_architecture(cfg_dict["architecture"]).from_dict(cfg_dict)
     sae_cfg.device = "meta"
     empty = SAE.get_sae_class_for_architecture(sae_cfg.architecture())(sae_cfg)
-    expected = {name: tuple(tensor.shape) for name, tensor in empty.state_dict().items()}
     found = dict(state_dict)
-    empty.process_state_dict_for_loading(found)  # renames SAELens applies to older files
+    empty.process_state_dict_for_loading(found)  # renames SAELens applies to older files (and what they imply)
+    expected = {name: tuple(tensor.shape) for name, tensor in empty.state_dict().items()}
     described = f"{config_file} (architecture {sae_cfg.architecture()!r}, d_in={sae_cfg.d_in}, d_sae={sae_cfg.d_sae})"
     for name, shape in expected.items():
         if name not in found:

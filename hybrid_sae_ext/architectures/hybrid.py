@@ -138,8 +138,15 @@ class _HybridMixin:
             destination[prefix + "W_enc"] = destination[prefix + "W_enc"].contiguous()
 
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
-        """SAELens loads with ``assign=True``, so the loaded ``W_enc`` must already be latent-major."""
+        """SAELens loads with ``assign=True``, so the loaded ``W_enc`` must already be latent-major.
+
+        Weights without ``refine_rate`` were saved before refinement existed (their ``cfg.json`` has no
+        ``refine_steps``, so the config took today's default): they were trained without it and load as such.
+        """
         super().process_state_dict_for_loading(state_dict)  # type: ignore[misc]
+        if self.cfg.refine_steps and "refine_rate" not in state_dict:
+            self.cfg.refine_steps = 0
+            del self.refine_rate
         if "W_enc" in state_dict:
             state_dict["W_enc"] = state_dict["W_enc"].t().contiguous().t()
 

@@ -20,8 +20,10 @@ RAW_METRICS = ("l0", "l0_std", "dead_fraction", "train_seconds", "flattening", "
 """Reported as measured. ``heldout_*``: the training SAE's own forward on held-out activations at the end
 (for BatchTopK that is its batch-level top-k, i.e. before SAELens turns it into a per-token threshold)."""
 REFERENCE = "ksparse"
-CHALLENGERS = ("hybrid", "hybrid-adaptive")
+CHALLENGERS = tuple(name for name, variant in VARIANTS.items() if variant.architecture == "hybrid")
+"""Every hybrid variant of the comparison is paired against each opponent."""
 OPPONENTS = ("ksparse", "ksparse-matched", "batchtopk")
+PAIRED_METRICS = ("fvu", "kl_div", "heldout_fvu", "dead_fraction")
 FLAT = 0.05
 """A curve has flattened when the last doubling of tokens improved held-out FVU by less than this."""
 
@@ -136,15 +138,15 @@ def _comparable(per_seed: dict[int, dict[str, float]], matched: bool, metric: st
 
 def head_to_head(per_seed: dict[str, dict[int, dict[str, float]]], matched: set[str], target: float,
                  tolerance: float) -> list[dict[str, Any]]:
-    """Paired (same seed) differences challenger - opponent at the target L0, in splice FVU and KL and in the
-    training forward's held-out FVU; pairs that are not both at the target L0 are left out.
+    """Paired (same seed) differences challenger - opponent at the target L0, in splice FVU and KL, in the
+    training forward's held-out FVU and in the dead fraction; pairs that are not both at the target L0 are left out.
 
     ``verdict``: "lower"/"higher" when the 95% interval excludes 0, else "not resolved".
     """
     rows = []
     for challenger in (c for c in CHALLENGERS if c in per_seed):
         for opponent in (o for o in OPPONENTS if o in per_seed):
-            for metric in ("fvu", "kl_div", "heldout_fvu"):
+            for metric in PAIRED_METRICS:
                 if not all(_comparable(per_seed[a], a in matched, metric, target, tolerance) for a in (challenger, opponent)):
                     continue
                 seeds = sorted(set(per_seed[challenger]) & set(per_seed[opponent]))

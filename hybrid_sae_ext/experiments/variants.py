@@ -66,29 +66,34 @@ VARIANTS: dict[str, ComparisonVariant] = {
     # 1/2 and all latents (Bussmann et al. 2025 double the width per level).
     "matryoshka": ComparisonVariant("matryoshka_batchtopk", "k", "Matryoshka BatchTopK",
                                     nested_fractions=(0.125, 0.25, 0.5, 1.0)),
-    "hybrid": ComparisonVariant("hybrid", "k", "hybrid (fixed k)", {"gate_rule": "token"}),
+    # The hybrids as they were before refinement became the default (refine_steps=1) pin it off.
+    "hybrid": ComparisonVariant("hybrid", "k", "hybrid (fixed k)", {"gate_rule": "token", "refine_steps": 0}),
     "hybrid-adaptive": ComparisonVariant(
-        "hybrid", "target_l0", "hybrid (target_l0, k = 2 x target)", {"gate_rule": "token"}, k_cap_factor=2.0
+        "hybrid", "target_l0", "hybrid (target_l0, k = 2 x target)", {"gate_rule": "token", "refine_steps": 0},
+        k_cap_factor=2.0,
     ),
     # Redesigns. The batch gate: BatchTopK's allocation applied to pi_gate (the batch's top n x target of the
     # per-token top-(2 x target) candidates), one calibrated threshold at inference.
     "hybrid-batch": ComparisonVariant(
-        "hybrid", "target_l0", "hybrid (batch gate)", {"gate_rule": "batch"}, k_cap_factor=2.0
+        "hybrid", "target_l0", "hybrid (batch gate)", {"gate_rule": "batch", "refine_steps": 0}, k_cap_factor=2.0
     ),
     # The batch gate with AuxK as TopK/BatchTopK weigh it (1, not 1/32): dead latents are lost capacity.
     "hybrid-batch-aux": ComparisonVariant(
-        "hybrid", "target_l0", "hybrid (batch gate, AuxK 1)", {"gate_rule": "batch", "aux_k_coefficient": 1.0},
+        "hybrid", "target_l0", "hybrid (batch gate, AuxK 1)", {"gate_rule": "batch", "aux_k_coefficient": 1.0,
+                                                                 "refine_steps": 0},
         k_cap_factor=2.0,
     ),
     # Learned per-latent gate thresholds: b_gate learns through a straight-through step (JumpReLU's
     # estimator) from the MSE and a quadratic L0 penalty towards the target; top-(2 x target) cap, no EMA.
     "hybrid-jump": ComparisonVariant(
-        "hybrid", "target_l0", "hybrid (learned thresholds)", {"gate_rule": "jump", "aux_k_coefficient": 1.0},
+        "hybrid", "target_l0", "hybrid (learned thresholds)", {"gate_rule": "jump", "aux_k_coefficient": 1.0,
+                                                                   "refine_steps": 0},
         k_cap_factor=2.0,
     ),
     # The fixed-k hybrid with TopK's AuxK weight: the dead-latent change alone.
     "hybrid-aux": ComparisonVariant("hybrid", "k", "hybrid (fixed k, AuxK 1)", {"gate_rule": "token",
-                                                                                "aux_k_coefficient": 1.0}),
+                                                                                "aux_k_coefficient": 1.0,
+                                                                                "refine_steps": 0}),
     # Refinement of the magnitude path: one (or two) learned steps along the reconstruction's gradient on
     # each token's own open latents, so the chosen latents' values fit jointly (``refine_steps``).
     "hybrid-refine": ComparisonVariant("hybrid", "k", "hybrid (fixed k, refined)", {"gate_rule": "token",

@@ -290,3 +290,25 @@ def test_a_gate_shut_by_b_gate_minus_100_reopens_during_training() -> None:
     assert fired_after[0] == 0, "the shut latent must start shut"
     assert sae.b_gate[0] > -1.0, f"b_gate of the shut latent only reached {sae.b_gate[0].item():.2f}"
     assert sum(fired_after[-50:]) >= 50, f"the reopened latent fired on only {sum(fired_after[-50:])} tokens"
+
+
+def test_an_sae_saved_before_refinement_loads_unrefined(tmp_path) -> None:
+    """The default refines (refine_steps=1); a folder from before refinement existed has neither the config key
+    nor ``refine_rate``, and must load as what it was trained as, with the same codes."""
+    import json
+
+    assert HybridSAEConfig(d_in=8, d_sae=32, k=4).refine_steps == 1
+    torch.manual_seed(0)
+    old = HybridSAE(HybridSAEConfig(d_in=8, d_sae=32, k=4, refine_steps=0))
+    old.save_model(str(tmp_path))
+    cfg_path = tmp_path / "cfg.json"
+    cfg_dict = json.loads(cfg_path.read_text())
+    del cfg_dict["refine_steps"]
+    cfg_path.write_text(json.dumps(cfg_dict))
+    loaded = SAE.load_from_disk(str(tmp_path))
+    assert loaded.cfg.refine_steps == 0 and "refine_rate" not in loaded.state_dict()
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(loaded.encode(x), old.encode(x))
+    refined = HybridSAE(HybridSAEConfig(d_in=8, d_sae=32, k=4))
+    refined.save_model(str(tmp_path / "refined"))
+    assert SAE.load_from_disk(str(tmp_path / "refined")).cfg.refine_steps == 1

@@ -67,7 +67,8 @@ def _case(name: str, backend: str, dtype: str = "float64", **gate: Any) -> tuple
     case = CASES[name]
     cfg = HybridTrainingSAEConfig(
         d_in=case["shape"][-1], d_sae=case["d_sae"], k=case["k"], k_aux=case["k_aux"], l1_coefficient=0.3,
-        gate_aux_coefficient=0.7, aux_k_coefficient=0.5, kernel_backend=backend, dtype=dtype, **gate,
+        gate_aux_coefficient=0.7, aux_k_coefficient=0.5, kernel_backend=backend, dtype=dtype,
+        **{"refine_steps": 0, **gate},  # each term alone; test_refinement_matches_reference adds the steps
     )
     sae = HybridTrainingSAE(cfg)
     _randomize(sae, seed=len(name))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "architectures"))
-from hybrid_reference import leaf_params, reference_encode  # noqa: E402
+from hybrid_reference import leaf_params, reference_encode, reference_inference  # noqa: E402
 
 from hybrid_sae_ext.architectures import HybridSAE  # noqa: E402
 from hybrid_sae_ext.dashboards.source import encode_firings, load_source  # noqa: E402
@@ -39,7 +39,8 @@ def test_dashboard_codes_and_gates_match_the_reference(float64_hybrid: Path) -> 
     assert source.has_gate_candidates
     acts = torch.randn(200, D_IN, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     firings, candidates = encode_firings(source, acts)
-    codes, chosen, pi_gate, _ = reference_encode(leaf_params(source.sae), acts, K)
+    _, chosen, pi_gate, _ = reference_encode(leaf_params(source.sae), acts, K)
+    codes = reference_inference(leaf_params(source.sae), acts, K)[0]  # the default refines (refine_steps=1)
 
     token, latent = torch.nonzero(codes, as_tuple=True)  # ordered by token, then latent, as the firings are
     assert torch.equal(firings.token, token) and torch.equal(firings.latent, latent)

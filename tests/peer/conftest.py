@@ -78,9 +78,9 @@ def training_sae(architecture: str, seed: int = 0, **fields: Any) -> TrainingSAE
     return perturb(sae, seed)  # type: ignore[return-value]
 
 
-def inference_sae(architecture: str, tmp_path: Any, seed: int = 0) -> SAE[Any]:
+def inference_sae(architecture: str, tmp_path: Any, seed: int = 0, **fields: Any) -> SAE[Any]:
     """The inference SAE SAELens makes of a trained one: ``save_inference_model`` then ``load_from_disk``."""
-    sae = training_sae(architecture, seed)
+    sae = training_sae(architecture, seed, **fields)
     sae.save_inference_model(tmp_path / f"inference-{architecture}")
     return SAE.load_from_disk(str(tmp_path / f"inference-{architecture}"))
 

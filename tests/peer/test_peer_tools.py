@@ -22,7 +22,9 @@ from tests.peer.conftest import HOOK, inference_sae, training_sae
 
 @pytest.mark.parametrize("make", [training_sae, inference_sae], ids=["training", "inference"])
 def test_activation_fn_is_a_topk_that_applies_the_gate(make, tmp_path: Path, acts: torch.Tensor) -> None:
-    sae = make("hybrid") if make is training_sae else make("hybrid", tmp_path)
+    # Unrefined: the activation sees the pre-activation only; the default's refinement step runs after it
+    # in encode (it needs the input), so there encode's values differ from the activation's.
+    sae = make("hybrid", refine_steps=0) if make is training_sae else make("hybrid", tmp_path, refine_steps=0)
     assert isinstance(sae.activation_fn, TopK) and sae.activation_fn.k == sae.cfg.k
     with torch.no_grad():
         pre = sae.process_sae_in(acts) @ sae.W_enc
@@ -40,7 +42,7 @@ def test_activation_fn_is_a_topk_that_applies_the_gate(make, tmp_path: Path, act
 def test_activation_fn_follows_the_sae_through_moves_copies_and_swapped_parameters(tmp_path: Path, acts: torch.Tensor) -> None:
     sae = inference_sae("hybrid", tmp_path)
     assert isinstance(sae, HybridSAE) and not list(sae.activation_fn.parameters())
-    assert set(sae.state_dict()) == {"W_enc", "W_dec", "b_dec", "b_gate", "r_mag", "b_mag"}
+    assert set(sae.state_dict()) == {"W_enc", "W_dec", "b_dec", "b_gate", "r_mag", "b_mag", "refine_rate"}
     with torch.no_grad():
         before = sae.encode(acts)
         twin = copy.deepcopy(sae)
