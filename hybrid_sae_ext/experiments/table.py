@@ -131,6 +131,8 @@ def _add_ratios(rows: list[dict[str, Any]], per_seed: dict[str, dict[int, dict[s
 
 def _comparable(per_seed: dict[int, dict[str, float]], matched: bool, metric: str, target: float, tolerance: float) -> bool:
     """Splice metrics need a matched row; the held-out forward's FVU needs that forward's L0 on target."""
+    if not all(metric in v for v in per_seed.values()):
+        return False
     if metric != "heldout_fvu":
         return matched
     return all("heldout_l0" in v and landed(v["heldout_l0"], target, tolerance) for v in per_seed.values())
