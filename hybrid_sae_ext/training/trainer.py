@@ -272,7 +272,7 @@ class Trainer:
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps:
                 tokens_per_s = (self.tokens_seen - start_tokens) / (time.perf_counter() - start)
                 bar.set_postfix(tok_s=f"{tokens_per_s:,.0f}", loss=f"{metrics.loss:.4g}", l0=f"{metrics.l0:.1f}",
-                                dead=f"{100 * metrics.dead_fraction:.1f}%")
+                                dead=f"{100 * metrics.dead_fraction:.1f}%", refresh=False)  # shown at the bar's own pace
                 if run is not None:
                     run.log({**dataclasses.asdict(metrics), "tokens_per_s": tokens_per_s}, step=self.step)
             if self.step % self.cfg.checkpoint_every == 0 or self.step == end:
