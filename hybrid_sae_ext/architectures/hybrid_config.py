@@ -8,10 +8,9 @@ config into the inference config it saves.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
-from typing_extensions import Self, override
+from typing_extensions import override
 
 from hybrid_sae_ext.architectures.checks import validate_coefficients, validate_sizes
 from hybrid_sae_ext.kernels import KERNEL_BACKENDS
@@ -32,11 +31,6 @@ def _validate_selection_dtype(selection_dtype: str) -> None:
 
 DEFAULT_REFINE_STEPS = 1
 """One step: in the 3-seed comparison the refined fixed-k hybrid has lower FVU and KL than the unrefined one."""
-
-
-def _with_saved_refinement(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """A saved config without ``refine_steps`` predates refinement: it was trained (and has weights) without it."""
-    return {"refine_steps": 0, **config_dict}
 
 
 def _validate_refine_steps(refine_steps: int) -> None:
@@ -71,11 +65,6 @@ class HybridSAEConfig(SAEConfig):
     @classmethod
     def architecture(cls) -> str:
         return "hybrid"
-
-    @override
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any]) -> Self:
-        return super().from_dict(_with_saved_refinement(config_dict))
 
 
 @dataclass
@@ -153,8 +142,3 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
     @classmethod
     def architecture(cls) -> str:
         return "hybrid"
-
-    @override
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any]) -> Self:
-        return super().from_dict(_with_saved_refinement(config_dict))

@@ -65,7 +65,8 @@ def _build_directory(name: str) -> Path:
 
 
 def _built_library(name: str) -> Path | None:
-    libraries = [*_build_directory(name).glob(f"{name}.*so"), *_build_directory(name).glob(f"{name}.pyd")]
+    directory = _build_directory(name)
+    libraries = [*directory.glob(f"{name}.*so"), *directory.glob(f"{name}.pyd")]
     return libraries[0] if libraries else None
 
 
