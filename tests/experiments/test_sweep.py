@@ -117,17 +117,17 @@ def test_variants_are_compared_from_saved_sweeps(root: Path, sweep: tuple[Path, 
     cli.main(["compare-scaling", "--sweeps", str(sweep[0]), str(matched[0]), "--out", str(root / "variants")])
     text = (root / "variants" / "variants.md").read_text()
     fits = {name: report["fits"]["n_per_k"][str(KS[0])]["params"]["alpha"]
-            for name, report in (("hybrid", sweep[1]), ("ksparse-matched", matched[1]))}
+            for name, report in (("hybrid-refine", sweep[1]), ("ksparse-matched", matched[1]))}
     for name, alpha in fits.items():
         assert f"| {KS[0]} | {name} | {alpha:.3g} [" in text
     final = {name: {(p["n_features"], p["k"]): p["fvu"] for p in report["points"] if p["tokens"] == BUDGETS[-1]}
-             for name, report in (("hybrid", sweep[1]), ("ksparse-matched", matched[1]))}
+             for name, report in (("hybrid-refine", sweep[1]), ("ksparse-matched", matched[1]))}
     n, k = WIDTHS[-1], KS[-1]
-    cells = [f"{final[name][n, k]:.4f}" for name in ("hybrid", "ksparse-matched")]
-    best = min(range(2), key=lambda i: final[("hybrid", "ksparse-matched")[i]][n, k])
+    cells = [f"{final[name][n, k]:.4f}" for name in ("hybrid-refine", "ksparse-matched")]
+    best = min(range(2), key=lambda i: final[("hybrid-refine", "ksparse-matched")[i]][n, k])
     cells[best] = f"**{cells[best]}**"
     assert f"| {n} | {k} | {cells[0]} | {cells[1]} |" in text
-    ratios = [final["ksparse-matched"][cell] / final["hybrid"][cell] for cell in final["hybrid"]]
+    ratios = [final["ksparse-matched"][cell] / final["hybrid-refine"][cell] for cell in final["hybrid-refine"]]
     wins = sum(ratio > 1 for ratio in ratios)
     assert f"| ksparse-matched | {wins} of 12 | {np.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}] |" in text
     assert (root / "variants" / "variants_loss_vs_n_features.png").read_bytes()[:4] == b"\x89PNG"
@@ -137,7 +137,7 @@ def test_variants_are_compared_from_saved_sweeps(root: Path, sweep: tuple[Path, 
     (root / "other" / "scaling.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit):
         cli.main(["compare-scaling", "--sweeps", str(sweep[0]), str(root / "other"), "--out", str(root / "refused")])
-    assert "sweeps 'hybrid' and 'ksparse-matched' differ in lr: 0.004 vs 0.002" in capsys.readouterr().err
+    assert "sweeps 'hybrid-refine' and 'ksparse-matched' differ in lr: 0.004 vs 0.002" in capsys.readouterr().err
     assert not (root / "refused" / "variants.md").exists()
 
 
