@@ -9,7 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from hybrid_sae_ext.experiments.variants import label  # noqa: E402
 
@@ -116,6 +116,7 @@ def plot_frontier(results: dict[str, Any], metric: str, ylabel: str, out: Path, 
         ax.errorbar([results["target_l0"] if row["matched"] else row["l0"]["mean"]], [cell["mean"]], yerr=[[cell["ci95"] or 0]], color=line.get_color(),
                     marker="*", markersize=11, capsize=3)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=2))  # L0 targets are 16, 32, 64: a decade has no tick inside them
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("L0 (mean active latents per held-out token)")
