@@ -6,8 +6,20 @@ after the top-k selection at ``batch x k``; ``"dense"`` is the autograd referenc
 
 from typing import Callable, Literal, NamedTuple
 
-from hybrid_sae_ext.kernels.dense import dense_decode, dense_decode_pair, dense_encode, dense_row_dots
-from hybrid_sae_ext.kernels.sparse_ops import sparse_decode, sparse_decode_pair, sparse_encode, sparse_row_dots
+from hybrid_sae_ext.kernels.dense import (
+    dense_decode,
+    dense_decode_pair,
+    dense_encode,
+    dense_residual_row_dots,
+    dense_row_dots,
+)
+from hybrid_sae_ext.kernels.sparse_ops import (
+    sparse_decode,
+    sparse_decode_pair,
+    sparse_encode,
+    sparse_residual_row_dots,
+    sparse_row_dots,
+)
 from hybrid_sae_ext.kernels.types import TopKSelection
 
 KernelBackend = Literal["sparse", "dense"]
@@ -23,14 +35,16 @@ class Kernels(NamedTuple):
     """Two decodes of one index set (``sparse_decode_pair``)."""
     row_dots: Callable[..., "object"]
     """The decode's transpose: each token row's dots with its picked decoder rows (``sparse_row_dots``)."""
+    residual_row_dots: Callable[..., "object"]
+    """``row_dots`` of each token's residual after its decode (``sparse_residual_row_dots``)."""
 
 
 def get_kernels(backend: str) -> Kernels:
     """Return the encode/decode functions of ``backend`` (``"sparse"`` or ``"dense"``)."""
     if backend == "sparse":
-        return Kernels(sparse_encode, sparse_decode, sparse_decode_pair, sparse_row_dots)
+        return Kernels(sparse_encode, sparse_decode, sparse_decode_pair, sparse_row_dots, sparse_residual_row_dots)
     if backend == "dense":
-        return Kernels(dense_encode, dense_decode, dense_decode_pair, dense_row_dots)
+        return Kernels(dense_encode, dense_decode, dense_decode_pair, dense_row_dots, dense_residual_row_dots)
     raise ValueError(f"Unknown kernel backend {backend!r}; allowed: {', '.join(KERNEL_BACKENDS)}")
 
 
@@ -42,10 +56,12 @@ __all__ = [
     "dense_decode",
     "dense_decode_pair",
     "dense_encode",
+    "dense_residual_row_dots",
     "dense_row_dots",
     "get_kernels",
     "sparse_decode",
     "sparse_decode_pair",
     "sparse_encode",
+    "sparse_residual_row_dots",
     "sparse_row_dots",
 ]

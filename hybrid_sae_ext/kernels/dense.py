@@ -78,3 +78,14 @@ def dense_row_dots(
 ) -> Float[Tensor, "n k"]:
     """Same contract as ``sparse_row_dots``: every row's dot with every decoder row, then the picks."""
     return (rows @ (W_dec if inverse_norms is None else _unit_rows(W_dec)).t()).gather(1, indices)
+
+
+def dense_residual_row_dots(
+    centered: Float[Tensor, "n d_in"],
+    values: Float[Tensor, "n k"],
+    indices: Int[Tensor, "n k"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    inverse_norms: Float[Tensor, " d_sae"] | None = None,
+) -> Float[Tensor, "n k"]:
+    """Same contract as ``sparse_residual_row_dots``: the dense decode, then the dense row dots."""
+    return dense_row_dots(centered - dense_decode(values, indices, W_dec, inverse_norms), indices, W_dec, inverse_norms)

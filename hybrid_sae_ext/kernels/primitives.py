@@ -32,6 +32,9 @@ TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 NATIVE_BLOCK_BYTES = 2**20
 """Token rows per block of the C++ gathered dot: half of a 2 MiB L2, so a block's rows stay in the
 core's cache while the weight rows stream past (measured: docs/performance.md#measurements-behind-the-defaults)."""
+NATIVE_TOKEN_ORDER_TABLE_BYTES = 24 * 2**20
+"""Tables up to this size take the C++ gathered dot in token order (no ordering pass): while the table stays in
+the last-level cache that is faster than the blocked order (docs/performance.md#measurements-behind-the-defaults)."""
 
 
 def _native_applies(rows: Tensor, columns: Tensor) -> bool:
@@ -92,7 +95,8 @@ def gathered_dot(
     if _native_applies(rows, columns):
         kernels = native_kernels()
         assert kernels is not None
-        block_rows = max(1, NATIVE_BLOCK_BYTES // (rows.shape[1] * rows.element_size()))
+        token_order = columns.numel() * columns.element_size() <= NATIVE_TOKEN_ORDER_TABLE_BYTES
+        block_rows = 0 if token_order else max(1, NATIVE_BLOCK_BYTES // (rows.shape[1] * rows.element_size()))
         return kernels.gathered_dot(rows.contiguous(), columns.t(), indices.contiguous(), block_rows)  # type: ignore[no-any-return]
     dtype = accumulation_dtype(rows, columns)
     n, k = indices.shape
@@ -120,18 +124,29 @@ def scatter_matmul(
     n, k = indices.shape
     if k == 0:
         return rows.new_zeros(n_out, rows.shape[1])
-    # S^T as CSR, one row per latent (a stable sort by latent; int32 sorts twice as fast): the in-place
-    # addmm with beta=0 then writes every output row once into uninitialised memory, where COO
-    # sparse.mm zero-fills it twice first and the out-of-place addmm copies it once more.
+    # S^T as CSR, one row per latent: the in-place addmm with beta=0 then writes every output row once into
+    # uninitialised memory, where COO sparse.mm zero-fills it twice first and the out-of-place addmm copies it.
+    crow, columns, sorted_values = _csr_by_latent(values.to(dtype), indices, n_out)
+    s_transposed = torch.sparse_csr_tensor(crow, columns, sorted_values, (n_out, n), check_invariants=False)
+    out = rows.new_empty(n_out, rows.shape[1], dtype=dtype)
+    return out.addmm_(s_transposed, rows.to(dtype), beta=0.0).to(rows.dtype)
+
+
+def _csr_by_latent(
+    values: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], n_out: int
+) -> tuple[Int[Tensor, " m_plus_1"], Int[Tensor, " nk"], Float[Tensor, " nk"]]:
+    """``(crow, columns, values)`` of ``S^T`` in CSR form, rows by latent, each row's picks in token order.
+
+    fp32 on CPU: the C++ counting sort; elsewhere a stable sort by latent (int32 sorts twice as fast).
+    """
+    k = indices.shape[1]
+    if values.device.type == "cpu" and values.dtype == torch.float32 and (kernels := native_kernels()) is not None:
+        crow, columns, sorted_values = kernels.csr_by_latent(values.contiguous(), indices.contiguous(), n_out)
+        return crow, columns, sorted_values
     flat = indices.reshape(-1)
     order = flat.to(torch.int32).sort(stable=True).indices
     crow = torch.bincount(flat, minlength=n_out).cumsum(0)
-    crow = torch.cat([crow.new_zeros(1), crow])
-    s_transposed = torch.sparse_csr_tensor(
-        crow, order // k, values.reshape(-1)[order].to(dtype), (n_out, n), check_invariants=False
-    )
-    out = rows.new_empty(n_out, rows.shape[1], dtype=dtype)
-    return out.addmm_(s_transposed, rows.to(dtype), beta=0.0).to(rows.dtype)
+    return torch.cat([crow.new_zeros(1), crow]), order // k, values.reshape(-1)[order]
 
 
 def gather_sum(
@@ -148,3 +163,18 @@ def gather_sum(
         return triton_ops.gather_sum(values, indices, table)
     # embedding_bag is ~10x slower on a strided table (e.g. W_enc.t()) than copy + contiguous call
     return F.embedding_bag(indices, table.contiguous(), per_sample_weights=values.to(table.dtype), mode="sum")
+
+
+def residual_dots(
+    codes: Float[Tensor, "n k"], indices: Int[Tensor, "n k"], table: Float[Tensor, "m d"], centered: Float[Tensor, "n d"]
+) -> Float[Tensor, "n k"]:
+    """``out[i, j] = (centered[i] - gather_sum(codes, indices, table)[i]) . table[indices[i, j]]``, no gradient.
+
+    On fp32 CPU tensors the C++ kernel does it in one pass per token (the decode's rows come back from
+    cache for the dots); elsewhere it is the decode, then the gathered dot.
+    """
+    if _native_applies(centered, table.t()) and codes.dtype == torch.float32 and codes.device.type == "cpu":
+        kernels = native_kernels()
+        assert kernels is not None
+        return kernels.residual_dots(codes.contiguous(), indices.contiguous(), table, centered.contiguous())  # type: ignore[no-any-return]
+    return gathered_dot(centered - gather_sum(codes, indices, table), table.t(), indices)

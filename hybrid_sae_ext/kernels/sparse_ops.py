@@ -21,7 +21,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hybrid_sae_ext.kernels.primitives import gather_sum, gathered_dot, latent_sums, scatter_matmul, take
+from hybrid_sae_ext.kernels.primitives import (
+    gather_sum,
+    gathered_dot,
+    latent_sums,
+    residual_dots,
+    scatter_matmul,
+    take,
+)
 from hybrid_sae_ext.kernels.row_norms import gradient_row_factor
 from hybrid_sae_ext.kernels.selection import select
 from hybrid_sae_ext.kernels.types import TopKSelection, check_pair_tables, check_subtracted_bias, same_table
@@ -134,6 +141,24 @@ def sparse_row_dots(
     """``out[i, j] = rows[i] . W_dec[indices[i, j]]`` (unit-norm rows where ``inverse_norms`` is given): the
     transpose of ``sparse_decode``, differentiable in ``rows`` and ``W_dec``, never gathering ``n x k x d_in``."""
     return _SparseRowDots.apply(rows, indices, W_dec, _detached(inverse_norms))  # type: ignore[no-any-return]
+
+
+def sparse_residual_row_dots(
+    centered: Float[Tensor, "n d_in"],
+    values: Float[Tensor, "n k"],
+    indices: Int[Tensor, "n k"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    inverse_norms: Float[Tensor, " d_sae"] | None = None,
+) -> Float[Tensor, "n k"]:
+    """``sparse_row_dots(centered - sparse_decode(values, indices, W_dec, s), indices, W_dec, s)``: each token's
+    residual after its decode, dotted with its own picked rows. Where no gradient is wanted it is one fused pass
+    (``primitives.residual_dots``); otherwise the two differentiable kernels."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (centered, values, W_dec)):
+        decoded = sparse_decode(values, indices, W_dec, inverse_norms)
+        return sparse_row_dots(centered - decoded, indices, W_dec, inverse_norms)
+    picked = _picked(_detached(inverse_norms), indices)
+    dots = residual_dots(_scaled(values.detach(), picked), indices, W_dec.detach(), centered.detach())
+    return _scaled(dots, picked).to(values.dtype)
 
 
 def _detached(tensor: Tensor | None) -> Tensor | None:

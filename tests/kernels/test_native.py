@@ -1,5 +1,5 @@
-"""The C++ gathered dot (``csrc/cpu_kernels.cpp``) against a float64 einsum, and ``primitives.gathered_dot``
-sending exactly the fp32, latent-major case to it. (The native top-k is tested in ``test_topk.py``.)"""
+"""The C++ gathered dot and residual dots (``csrc/cpu_kernels.cpp``) against float64 einsums, and the primitives
+sending exactly the fp32 cases to them. (The native top-k is tested in ``test_topk.py``.)"""
 
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ def _reference(rows: torch.Tensor, table: torch.Tensor, indices: torch.Tensor) -
     return torch.einsum("nd,nkd->nk", rows.double(), table.double()[indices])
 
 
-@pytest.mark.parametrize("block_rows", [1, 7, 1000])
+@pytest.mark.parametrize("block_rows", [0, 1, 7, 1000])
 @pytest.mark.parametrize(("n", "d", "m", "k"), [(50, 64, 300, 7), (33, 20, 40, 40), (9, 1, 5, 3), (64, 515, 128, 16)])
 def test_gathered_dot_matches_float64(n: int, d: int, m: int, k: int, block_rows: int) -> None:
     """Widths below, at and above the 16 lanes (a tail), every latent picked (k = m) and repeated picks;
-    token blocks of one row, of seven (the last one short) and one block for all rows."""
+    token order (0), token blocks of one row, of seven (the last one short) and one block for all rows."""
     gen = torch.Generator().manual_seed(n + d)
     rows, table = torch.randn(n, d, generator=gen), torch.randn(m, d, generator=gen)
     indices = torch.randint(0, m, (n, k), generator=gen)
@@ -50,8 +50,10 @@ def test_gathered_dot_of_empty_inputs_and_bad_arguments() -> None:
     assert kernels.gathered_dot(torch.zeros(0, 4), torch.zeros(5, 4), torch.zeros(0, 2, dtype=torch.long), 2).shape == (0, 2)
     with pytest.raises(RuntimeError, match=r"outside \[0, m\)"):
         kernels.gathered_dot(torch.zeros(2, 4), torch.zeros(5, 4), torch.tensor([[0, 5], [1, 2]]), 2)
-    with pytest.raises(RuntimeError, match="block_rows must be at least 1"):
-        kernels.gathered_dot(torch.zeros(2, 4), torch.zeros(5, 4), torch.tensor([[0, 4], [1, 2]]), 0)
+    with pytest.raises(RuntimeError, match=r"outside \[0, m\)"):
+        kernels.gathered_dot(torch.zeros(2, 4), torch.zeros(5, 4), torch.tensor([[0, 5], [1, 2]]), 0)
+    with pytest.raises(RuntimeError, match="block_rows must be 0"):
+        kernels.gathered_dot(torch.zeros(2, 4), torch.zeros(5, 4), torch.tensor([[0, 4], [1, 2]]), -1)
 
 
 def test_primitives_send_only_fp32_latent_major_columns_to_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,17 +66,65 @@ def test_primitives_send_only_fp32_latent_major_columns_to_the_kernel(monkeypatc
     rows, latent_major = torch.randn(12, 24, generator=gen), torch.randn(40, 24, generator=gen)
     indices = torch.randint(0, 40, (12, 5), generator=gen)
     want = _reference(rows, latent_major, indices)
-    for columns, native_used in [
-        (latent_major.t(), True),  # W_enc / W_dec.t() as the hybrid stores them
-        (latent_major.t().contiguous(), False),  # columns strided: the PyTorch path
+    table_bytes = 40 * 24 * 4
+    for columns, order_limit, block_rows in [
+        (latent_major.t(), table_bytes, [0]),  # W_enc / W_dec.t() as the hybrid stores them; fits: token order
+        (latent_major.t(), table_bytes - 1, [5]),  # a table above the limit: blocks of 5 rows
+        (latent_major.t().contiguous(), table_bytes, []),  # columns strided: the PyTorch path
     ]:
+        monkeypatch.setattr(primitives, "NATIVE_TOKEN_ORDER_TABLE_BYTES", order_limit)
         calls.clear()
         got = primitives.gathered_dot(rows, columns, indices)
-        assert calls == ([5] if native_used else [])
+        assert calls == block_rows
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     calls.clear()
     got = primitives.gathered_dot(rows.double(), latent_major.double().t(), indices)  # float64: PyTorch path
     assert not calls
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _residual_reference(codes, indices, table, centered) -> torch.Tensor:
+    picked = table.double()[indices]
+    residual = centered.double() - torch.einsum("nk,nkd->nd", codes.double(), picked)
+    return torch.einsum("nd,nkd->nk", residual, picked)
+
+
+@pytest.mark.parametrize(("n", "d", "m", "k"), [(50, 64, 300, 7), (33, 20, 40, 40), (9, 1, 5, 3), (40, 515, 128, 16)])
+def test_residual_dots_match_float64(n: int, d: int, m: int, k: int) -> None:
+    """Widths below, at and above the 16 lanes, every latent picked (k = m) and one row picking a latent k times."""
+    gen = torch.Generator().manual_seed(n + d)
+    codes, table = torch.randn(n, k, generator=gen), torch.randn(m, d, generator=gen)
+    centered, indices = torch.randn(n, d, generator=gen), torch.randint(0, m, (n, k), generator=gen)
+    indices[0] = indices[0, 0]
+    got = _kernels().residual_dots(codes, indices, table, centered)
+    torch.testing.assert_close(got.double(), _residual_reference(codes, indices, table, centered), rtol=1e-4, atol=1e-4)
+
+
+def test_residual_dots_refuse_bad_arguments() -> None:
+    kernels = _kernels()
+    codes, table, centered = torch.zeros(2, 2), torch.zeros(5, 4), torch.zeros(2, 4)
+    with pytest.raises(RuntimeError, match=r"outside \[0, m\)"):
+        kernels.residual_dots(codes, torch.tensor([[0, 5], [1, 2]]), table, centered)
+    with pytest.raises(RuntimeError, match="shaped like codes"):
+        kernels.residual_dots(codes, torch.tensor([[0, 1, 2], [1, 2, 3]]), table, centered)
+    with pytest.raises(RuntimeError, match="centered must be"):
+        kernels.residual_dots(codes, torch.tensor([[0, 1], [1, 2]]), table, torch.zeros(2, 3))
+
+
+def test_primitive_residual_dots_use_the_kernel_for_fp32_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernels = _kernels()
+    calls = []
+    counting = SimpleNamespace(residual_dots=lambda *a: calls.append(1) or kernels.residual_dots(*a))
+    monkeypatch.setattr(primitives, "native_kernels", lambda: counting)
+    gen = torch.Generator().manual_seed(1)
+    codes, table = torch.randn(12, 5, generator=gen), torch.randn(40, 24, generator=gen)
+    centered, indices = torch.randn(12, 24, generator=gen), torch.randint(0, 40, (12, 5), generator=gen)
+    want = _residual_reference(codes, indices, table, centered)
+    torch.testing.assert_close(primitives.residual_dots(codes, indices, table, centered).double(), want,
+                               rtol=1e-5, atol=1e-5)
+    assert calls == [1]
+    got = primitives.residual_dots(codes.double(), indices, table.double(), centered.double())  # PyTorch path
+    assert calls == [1]
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 

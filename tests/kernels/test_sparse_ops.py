@@ -297,3 +297,25 @@ def test_a_subtracted_bias_needs_a_detached_input(encode) -> None:
         encode(x, W_enc, bias, 3, subtracted_bias=torch.zeros(6, requires_grad=True))
     selection, _ = encode(x.detach(), W_enc, bias, 3, subtracted_bias=torch.zeros(6, requires_grad=True))
     assert selection.values.shape == (4, 3)
+
+
+@pytest.mark.parametrize("backend", ["sparse", "dense"])
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_residual_row_dots_are_row_dots_of_the_residual(backend: str, with_grad: bool) -> None:
+    """The fused no-gradient pass and the differentiable one both equal ``row_dots(centered - decode(values))``
+    (unit-norm rows), and the differentiable one has its gradients."""
+    kernels = get_kernels(backend)
+    gen = torch.Generator().manual_seed(3)
+    W = torch.randn(64, 24, generator=gen, dtype=torch.float64).float()
+    centered, values = torch.randn(10, 24, generator=gen), torch.rand(10, 6, generator=gen)
+    indices = torch.stack([torch.randperm(64, generator=gen)[:6] for _ in range(10)])  # distinct, as top-k picks
+    scales = inverse_row_norms(W)
+    W64 = (W.double() * scales.double()[:, None])[indices]
+    want = torch.einsum("nd,nkd->nk", centered.double() - torch.einsum("nk,nkd->nd", values.double(), W64), W64)
+    W.requires_grad_(with_grad)
+    got = kernels.residual_row_dots(centered, values, indices, W, scales)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    assert got.requires_grad == with_grad
+    if with_grad:
+        got.sum().backward()
+        assert W.grad is not None and W.grad.abs().sum() > 0

@@ -1,4 +1,5 @@
-// CPU kernels of hybrid_sae_ext (built on first use by ../native.py): an exact top-k and a gathered dot.
+// CPU kernels of hybrid_sae_ext (built on first use by ../native.py): an exact top-k, a gathered dot and the
+// residual dots of a refinement step.
 //
 // Top-k (sorted_topk_indices): exact top-k of each row of a score matrix, as ascending indices.
 // Why: the halving top-k in topk.py needs about ten small PyTorch ops per level, and torch.topk costs
@@ -198,21 +199,34 @@ inline float dot(const float* a, const float* b, int64_t d) {
 
 }  // namespace
 
-// out[i, j] = rows[i] . table[indices[i, j]] in fp32, visiting the picks by token block and latent
-// (order_picks). rows: [n, d] float32, table: [m, d] float32, both contiguous; indices: [n, k] int64 in [0, m).
+// out[i, j] = rows[i] . table[indices[i, j]] in fp32. block_rows >= 1: visiting the picks by token block and
+// latent (order_picks), so each weight row is read once per block; 0: token by token, in the picks' own order
+// (no ordering pass; each pick reads its weight row, which is faster while the table stays in the last-level
+// cache). rows: [n, d] float32, table: [m, d] float32, both contiguous; indices: [n, k] int64 in [0, m).
 torch::Tensor gathered_dot(const torch::Tensor& rows, const torch::Tensor& table, const torch::Tensor& indices,
                            int64_t block_rows) {
   check_float_matrix(rows, "rows must be a contiguous 2-D float32 CPU tensor");
   check_float_matrix(table, "table must be a contiguous [m, d] float32 CPU tensor");
   TORCH_CHECK(table.size(1) == rows.size(1), "table must be a contiguous [m, d] float32 CPU tensor");
   TORCH_CHECK(indices.dim() == 2 && indices.size(0) == rows.size(0), "indices must be a contiguous [n, k] int64 tensor");
+  TORCH_CHECK(block_rows >= 0, "block_rows must be 0 (token order) or at least 1");
   const int64_t n = indices.size(0), k = indices.size(1), m = table.size(0), d = rows.size(1);
   auto out = torch::empty({n, k}, rows.options());
   if (n * k == 0) return out;
-  const PickOrder picks = order_picks(indices, m, block_rows);
   const float* x = rows.data_ptr<float>();
   const float* w = table.data_ptr<float>();
   float* o = out.data_ptr<float>();
+  if (block_rows == 0) {
+    TORCH_CHECK(indices.is_contiguous() && indices.scalar_type() == torch::kLong,
+                "indices must be a contiguous [n, k] int64 tensor");
+    const int64_t* idx = indices.data_ptr<int64_t>();
+    for (int64_t p = 0; p < n * k; ++p) TORCH_CHECK(idx[p] >= 0 && idx[p] < m, "an index is outside [0, m)");
+    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin * k; p < end * k; ++p) o[p] = dot(x + (p / k) * d, w + idx[p] * d, d);
+    });
+    return out;
+  }
+  const PickOrder picks = order_picks(indices, m, block_rows);
   at::parallel_for(0, m, 64, [&](int64_t begin, int64_t end) {
     for (int64_t b = 0; b < picks.blocks; ++b) {
       const int64_t* bucket = picks.start.data() + b * m;
@@ -226,7 +240,80 @@ torch::Tensor gathered_dot(const torch::Tensor& rows, const torch::Tensor& table
   return out;
 }
 
+// out[i, j] = (centered[i] - sum_l codes[i, l] * table[indices[i, l]]) . table[indices[i, j]] in fp32: a token's
+// decode, its residual and the residual's dots with the same picked rows in one pass per token, so the rows
+// the decode reads come back from the core's cache for the dots (the refinement step of the hybrid SAE, where
+// a decode then a gathered dot read every picked row twice from memory). No gradient: the caller's is none.
+// codes: [n, k] float32, indices: [n, k] int64 in [0, m), table: [m, d] float32, centered: [n, d] float32.
+torch::Tensor residual_dots(const torch::Tensor& codes, const torch::Tensor& indices, const torch::Tensor& table,
+                            const torch::Tensor& centered) {
+  check_float_matrix(codes, "codes must be a contiguous [n, k] float32 CPU tensor");
+  check_float_matrix(table, "table must be a contiguous [m, d] float32 CPU tensor");
+  check_float_matrix(centered, "centered must be a contiguous [n, d] float32 CPU tensor");
+  TORCH_CHECK(indices.dim() == 2 && indices.is_contiguous() && indices.scalar_type() == torch::kLong &&
+                  indices.sizes() == codes.sizes(),
+              "indices must be a contiguous int64 tensor shaped like codes");
+  TORCH_CHECK(centered.size(0) == codes.size(0) && centered.size(1) == table.size(1),
+              "centered must be [n, d] with n = codes.size(0) and d = table.size(1)");
+  const int64_t n = codes.size(0), k = codes.size(1), m = table.size(0), d = table.size(1);
+  const int64_t* idx = indices.data_ptr<int64_t>();
+  for (int64_t p = 0; p < n * k; ++p) TORCH_CHECK(idx[p] >= 0 && idx[p] < m, "an index is outside [0, m)");
+  auto out = torch::empty({n, k}, codes.options());
+  const float* c = codes.data_ptr<float>();
+  const float* w = table.data_ptr<float>();
+  const float* x = centered.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> residual(d);
+    for (int64_t i = begin; i < end; ++i) {
+      std::copy(x + i * d, x + (i + 1) * d, residual.begin());
+      for (int64_t j = 0; j < k; ++j) {
+        const float code = c[i * k + j];
+        const float* row = w + idx[i * k + j] * d;
+        for (int64_t t = 0; t < d; ++t) residual[t] -= code * row[t];
+      }
+      for (int64_t j = 0; j < k; ++j) o[i * k + j] = dot(residual.data(), w + idx[i * k + j] * d, d);
+    }
+  });
+  return out;
+}
+
+// The sparse [m, n] matrix S^T of an [n, k] pick matrix S (values at indices) in CSR form, rows by latent, each
+// row's picks in token order: one counting sort (two passes over the picks), where a stable sort of the flat
+// indices, a bincount, a cumulative sum and two gathers cost five passes and the sort's log factor.
+// Returns (crow [m + 1], columns [n * k], values [n * k]): int64, int64 and the values' dtype.
+std::vector<torch::Tensor> csr_by_latent(const torch::Tensor& values, const torch::Tensor& indices, int64_t m) {
+  TORCH_CHECK(indices.dim() == 2 && indices.is_contiguous() && indices.scalar_type() == torch::kLong &&
+                  indices.device().is_cpu(), "indices must be a contiguous [n, k] int64 CPU tensor");
+  TORCH_CHECK(values.sizes() == indices.sizes() && values.is_contiguous() && values.scalar_type() == torch::kFloat,
+              "values must be a contiguous float32 tensor shaped like indices");
+  TORCH_CHECK(m >= 0, "m must be non-negative");
+  const int64_t n = indices.size(0), k = indices.size(1), picks = n * k;
+  const int64_t* idx = indices.data_ptr<int64_t>();
+  const float* val = values.data_ptr<float>();
+  auto crow = torch::zeros({m + 1}, indices.options());
+  auto columns = torch::empty({picks}, indices.options());
+  auto sorted = torch::empty({picks}, values.options());
+  int64_t* start = crow.data_ptr<int64_t>();
+  for (int64_t p = 0; p < picks; ++p) {
+    TORCH_CHECK(idx[p] >= 0 && idx[p] < m, "an index is outside [0, m)");
+    ++start[idx[p] + 1];
+  }
+  for (int64_t l = 0; l < m; ++l) start[l + 1] += start[l];
+  std::vector<int64_t> fill(start, start + m);
+  int64_t* col = columns.data_ptr<int64_t>();
+  float* out = sorted.data_ptr<float>();
+  for (int64_t p = 0; p < picks; ++p) {
+    const int64_t q = fill[idx[p]]++;
+    col[q] = p / k;
+    out[q] = val[p];
+  }
+  return {crow, columns, sorted};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sorted_topk_indices", &sorted_topk_indices, "Ascending indices of the k largest scores of each row");
-  m.def("gathered_dot", &gathered_dot, "out[i, j] = rows[i] . table[indices[i, j]], by token block and latent");
+  m.def("gathered_dot", &gathered_dot, "out[i, j] = rows[i] . table[indices[i, j]], by token block and latent or by token");
+  m.def("csr_by_latent", &csr_by_latent, "S^T of an [n, k] pick matrix as CSR rows by latent (counting sort)");
+  m.def("residual_dots", &residual_dots, "each token's residual after its decode, dotted with its picked rows");
 }
