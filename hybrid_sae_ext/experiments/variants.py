@@ -98,10 +98,24 @@ VARIANTS: dict[str, ComparisonVariant] = {
     # each token's own open latents, so the chosen latents' values fit jointly (``refine_steps``).
     "hybrid-refine": ComparisonVariant("hybrid", "k", "hybrid (fixed k, refined)", {"gate_rule": "token",
                                                                                    "refine_steps": 1}),
+    # The same forward, trained with each step's direction held constant (``refine_gradient``): no backward
+    # passes for the refinement, so a step costs about what the unrefined hybrid's does.
+    "hybrid-refine-detached": ComparisonVariant(
+        "hybrid", "k", "hybrid (fixed k, refined, detached step)",
+        {"gate_rule": "token", "refine_steps": 1, "refine_gradient": "detached-step"},
+    ),
+    # Differentiated in the codes and b_dec only, the decoder held fixed inside the step: no decoder gradient
+    # per step, the magnitude path still sees the step's Jacobian.
+    "hybrid-refine-codes": ComparisonVariant(
+        "hybrid", "k", "hybrid (fixed k, refined, decoder fixed in the step)",
+        {"gate_rule": "token", "refine_steps": 1, "refine_gradient": "codes"},
+    ),
     "hybrid-batch-refine": ComparisonVariant(
         "hybrid", "target_l0", "hybrid (batch gate, refined)", {"gate_rule": "batch", "refine_steps": 1},
         k_cap_factor=2.0,
     ),
+    "hybrid-refine2": ComparisonVariant("hybrid", "k", "hybrid (fixed k, 2 refine steps)", {"gate_rule": "token",
+                                                                                          "refine_steps": 2}),
     "hybrid-batch-refine2": ComparisonVariant(
         "hybrid", "target_l0", "hybrid (batch gate, 2 refine steps)", {"gate_rule": "batch", "refine_steps": 2},
         k_cap_factor=2.0,
