@@ -71,12 +71,10 @@ HYBRIDS: dict[str, dict[str, Any]] = {
     # default before refinement (refine_steps=1) became the default, and the batch gates, which settle at
     # k/2 (the comparison's k = 2 x target). Opt-in (``--only``).
     "hybrid@no-refine": {"refine_steps": 0},
-    "hybrid@detached-step": {"refine_gradient": "detached-step"},
-    "hybrid@refine-codes": {"refine_gradient": "codes"},
     "hybrid@batch": {"gate_rule": "batch", "target_l0": "k/2", "refine_steps": 0},
     "hybrid@batch-refine": {"gate_rule": "batch", "target_l0": "k/2", "refine_steps": 1},
 }
-REDESIGNS = ("hybrid@no-refine", "hybrid@detached-step", "hybrid@refine-codes", "hybrid@batch", "hybrid@batch-refine")
+REDESIGNS = ("hybrid@no-refine", "hybrid@batch", "hybrid@batch-refine")
 SAELENS_PEERS: dict[str, dict[str, Any]] = {
     "standard": {"l1_coefficient": L1_COEFFICIENT},
     "gated": {"l1_coefficient": L1_COEFFICIENT},

@@ -41,7 +41,6 @@ a bias moves about ``lr`` per step: climbing from ``b_gate = -100`` takes about 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -200,22 +199,17 @@ class _HybridMixin:
             return values
         kernels = get_kernels(self.kernel_backend)
         scales = self._inverse_norms()
-        W_dec = self.W_dec.detach() if self._refine_gradient() == "codes" else self.W_dec
         for rate in self.refine_rate:
-            with torch.no_grad() if self._refine_gradient() == "detached-step" else contextlib.nullcontext():
-                if decoded is None and sum_latents == ALL_LATENTS.sum:
-                    step = kernels.residual_row_dots(centered, values, indices, W_dec, scales)
-                else:
-                    if decoded is None:
-                        decoded = sum_latents(kernels.decode(values, indices, W_dec, scales))
-                    step = kernels.row_dots(centered - decoded, indices, W_dec, scales)
+            if decoded is None and sum_latents == ALL_LATENTS.sum:
+                # One fused pass where no gradient is wanted (inference): see ``sparse_residual_row_dots``.
+                step = kernels.residual_row_dots(centered, values, indices, self.W_dec, scales)
+            else:
+                if decoded is None:
+                    decoded = sum_latents(kernels.decode(values, indices, self.W_dec, scales))
+                step = kernels.row_dots(centered - decoded, indices, self.W_dec, scales)
             values = torch.relu(values + rate * step) * opened
             decoded = None
         return values
-
-    def _refine_gradient(self) -> str:
-        """What training differentiates a refinement step in (``refine_gradient``; inference: "full")."""
-        return getattr(self.cfg, "refine_gradient", "full")
 
     def _flat(self, sae_in: Tensor) -> Tensor:
         return sae_in.reshape(-1, self.cfg.d_in)
@@ -516,15 +510,10 @@ class HybridTrainingSAE(_HybridMixin, TrainingSAE[HybridTrainingSAEConfig]):
         with torch.no_grad():
             scales = self.decoder_scales()
         gate_act = latents.held(sel, torch.relu(gate_pre))
-        # A detached step needs no differentiable decode before it: refine first, then decode once.
-        refine_first = self.cfg.refine_steps and self._refine_gradient() == "detached-step"
-        if refine_first:
-            values = self._refine(values, sel.indices, opened, target - self.b_dec, None, latents.sum)
         # The gated auxiliary reconstruction trains the gate only: its decoder and b_dec are detached.
-        first_table = W_dec.detach() if self.cfg.refine_steps and self._refine_gradient() == "codes" else W_dec
-        decoded, gate_decoded = kernels.decode_pair(values, gate_act, sel.indices, first_table, W_dec.detach(), scales)
+        decoded, gate_decoded = kernels.decode_pair(values, gate_act, sel.indices, W_dec, W_dec.detach(), scales)
         decoded = latents.sum(decoded)
-        if self.cfg.refine_steps and not refine_first:
+        if self.cfg.refine_steps:
             values = self._refine(values, sel.indices, opened, target - self.b_dec, decoded, latents.sum)
             decoded = latents.sum(kernels.decode(values, sel.indices, W_dec, scales))
         sae_out = decoded + self.b_dec

@@ -38,9 +38,6 @@ def _validate_refine_steps(refine_steps: int) -> None:
         raise ValueError(f"refine_steps must be in [0, {MAX_REFINE_STEPS}], got refine_steps={refine_steps}")
 
 
-REFINE_GRADIENTS = ("full", "codes", "detached-step")
-
-
 def _validate_target_l0(target_l0: float | None, k: int) -> None:
     if target_l0 is not None and not 0 < target_l0 <= k:
         raise ValueError(f"target_l0 must be None or in (0, k={k}], got target_l0={target_l0}")
@@ -106,11 +103,6 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
     the reconstruction's gradient on that token's own picks (``relu(v + rate * D_S (x - x_hat))``), so the
     values fit the chosen latents jointly. Costs a decode and its transpose per step (batch x k); 0: off.
     Default 1: the best hybrid of the comparison (``docs/comparison.md``)."""
-    refine_gradient: str = "full"
-    """How training differentiates a refinement step ``relu(v + rate * D_S (x - b_dec - D_S^T v))``: "full"
-    in everything; "codes" in ``v``, ``rate`` and ``b_dec`` with the decoder ``D_S`` held fixed (the decoder
-    then learns from the refined codes' decode alone: no decoder gradient per step); "detached-step" with the
-    whole step a constant (only ``v`` and ``rate`` learn through it). The forward is the same either way."""
     use_sparse_activations: bool = False
     """As SAELens' TopK training SAE (same name, same default): False gives ``training_forward_pass`` a dense
     ``feature_acts`` ``[batch, d_sae]`` that user code can compare and ``.abs()``; it costs ``batch x d_sae``
@@ -133,8 +125,6 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
         if self.gate_rule != "token" and self.target_l0 is None:
             raise ValueError(f"gate_rule={self.gate_rule!r} allocates latents towards target_l0: set target_l0")
         _validate_refine_steps(self.refine_steps)
-        if self.refine_gradient not in REFINE_GRADIENTS:
-            raise ValueError(f"refine_gradient={self.refine_gradient!r} is not one of {REFINE_GRADIENTS}")
         if not self.gate_bandwidth > 0:
             raise ValueError(f"gate_bandwidth must be > 0, got {self.gate_bandwidth}")
         validate_coefficients(self)

@@ -98,17 +98,10 @@ VARIANTS: dict[str, ComparisonVariant] = {
     # each token's own open latents, so the chosen latents' values fit jointly (``refine_steps``).
     "hybrid-refine": ComparisonVariant("hybrid", "k", "hybrid (fixed k, refined)", {"gate_rule": "token",
                                                                                    "refine_steps": 1}),
-    # The same forward, trained with each step's direction held constant (``refine_gradient``): no backward
-    # passes for the refinement, so a step costs about what the unrefined hybrid's does.
-    "hybrid-refine-detached": ComparisonVariant(
-        "hybrid", "k", "hybrid (fixed k, refined, detached step)",
-        {"gate_rule": "token", "refine_steps": 1, "refine_gradient": "detached-step"},
-    ),
-    # Differentiated in the codes and b_dec only, the decoder held fixed inside the step: no decoder gradient
-    # per step, the magnitude path still sees the step's Jacobian.
-    "hybrid-refine-codes": ComparisonVariant(
-        "hybrid", "k", "hybrid (fixed k, refined, decoder fixed in the step)",
-        {"gate_rule": "token", "refine_steps": 1, "refine_gradient": "codes"},
+    # The adaptive token gate (EMA threshold towards target_l0, k = 2 x target) with the refined magnitude path.
+    "hybrid-adaptive-refine": ComparisonVariant(
+        "hybrid", "target_l0", "hybrid (target_l0, k = 2 x target, refined)", {"gate_rule": "token", "refine_steps": 1},
+        k_cap_factor=2.0,
     ),
     "hybrid-batch-refine": ComparisonVariant(
         "hybrid", "target_l0", "hybrid (batch gate, refined)", {"gate_rule": "batch", "refine_steps": 1},

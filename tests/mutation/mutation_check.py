@@ -53,8 +53,8 @@ class Mutant:
 
 
 MUTANTS: tuple[Mutant, ...] = (
-    Mutant("gate-aux decoder not detached", "gate_act, sel.indices, first_table, W_dec.detach(), scales)",
-           "gate_act, sel.indices, first_table, W_dec, scales)"),
+    Mutant("gate-aux decoder not detached", "gate_act, sel.indices, W_dec, W_dec.detach(), scales)",
+           "gate_act, sel.indices, W_dec, W_dec, scales)"),
     Mutant("AuxK sign flipped", "(aux_recon - residual)", "(aux_recon + residual)"),
     Mutant("exp(r_mag) -> 1 + r_mag", "take(self.r_mag, idx).exp()", "(1 + take(self.r_mag, idx))",
            paths=SHARDED + DASHBOARD),
@@ -68,8 +68,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # our own
     Mutant("gate-aux b_dec not detached", "via_gate = latents.sum(gate_decoded) + self.b_dec.detach()",
            "via_gate = latents.sum(gate_decoded) + self.b_dec"),
-    Mutant("training decodes skip the unit norm", "first_table, W_dec.detach(), scales)",
-           "first_table, W_dec.detach(), None)"),
+    Mutant("training decodes skip the unit norm", "W_dec, W_dec.detach(), scales)", "W_dec, W_dec.detach(), None)"),
     Mutant("AuxK decode skips the unit norm", "aux.indices, W_dec, scales)", "aux.indices, W_dec)"),
     Mutant("gate-aux without relu", "latents.held(sel, torch.relu(gate_pre))", "latents.held(sel, gate_pre)"),
     Mutant("MSE averaged over d_in too", "mse = (sae_out - target).pow(2).sum(-1).mean()",
