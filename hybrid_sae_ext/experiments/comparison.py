@@ -28,6 +28,7 @@ from sae_lens import SAE
 from hybrid_sae_ext.activations import CaptureConfig, capture_activations, open_cache
 from hybrid_sae_ext.evals import evaluate_sae, load_eval_tokens
 from hybrid_sae_ext.experiments.matching import Probe, chosen_coefficient, next_coefficient, search_done
+from hybrid_sae_ext.experiments.rates import best_rate
 from hybrid_sae_ext.experiments.report import comparison_markdown, plot_comparison
 from hybrid_sae_ext.experiments.sweep import evaluate as heldout_metrics
 from hybrid_sae_ext.experiments.table import comparison_table
@@ -132,8 +133,11 @@ class ComparisonConfig:
         if self.lr_from and self.lr_sweep:
             raise ValueError(f"lr_sweep={self.lr_sweep} sweeps the rates that lr_from={self.lr_from!r} would fix; give one")
         if self.lr_from:
-            for path in self.lr_from.split(","):
-                self.architecture_lr.update(swept_learning_rates(self, Path(path)))
+            # An architecture swept in several files takes its best rate over all of their runs.
+            runs = [run for path in self.lr_from.split(",") for run in swept_runs(self, Path(path))]
+            for architecture in dict.fromkeys(run["architecture"] for run in runs):
+                mine = [run for run in runs if run["architecture"] == architecture]
+                self.architecture_lr[architecture] = float(best_rate(mine, self.target_l0))
         if self.lr <= 0 or any(lr <= 0 for lr in self.lr_sweep):
             raise ValueError(f"lr and every lr_sweep value must be > 0, got lr={self.lr}, lr_sweep={self.lr_sweep}")
         if not 0 < self.probe_fraction <= 1 or not 0 < self.tolerance < 1:
@@ -159,8 +163,9 @@ SWEEP_MUST_MATCH = ("model", "layer", "hook_site", "n_features", "batch_size", "
 """The fields an ``lr_from`` sweep must share with the comparison for its best rates to apply."""
 
 
-def swept_learning_rates(cfg: ComparisonConfig, path: Path) -> dict[str, float]:
-    """The best rate per architecture of the ``lr_sweep.json`` at ``path``, checked to be of ``cfg``'s data and budget."""
+def swept_runs(cfg: ComparisonConfig, path: Path) -> list[dict[str, Any]]:
+    """The runs (architecture, lr, held-out FVU and L0) of the ``lr_sweep.json`` at ``path``, checked to be of
+    ``cfg``'s data and budget."""
     if not path.is_file():
         raise ValueError(f"lr_from={str(path)!r} is not a file; give the lr_sweep.json of a --lr_sweep run")
     sweep = json.loads(path.read_text())
@@ -169,7 +174,7 @@ def swept_learning_rates(cfg: ComparisonConfig, path: Path) -> dict[str, float]:
     differ = {k: (swept[k], getattr(cfg, k)) for k in SWEEP_MUST_MATCH if swept[k] != getattr(cfg, k)}
     if differ:
         raise ValueError(f"lr_from={str(path)!r} swept other data or budget (sweep, comparison): {differ}")
-    return {arch: float(lr) for arch, lr in sweep["best_lr"].items()}
+    return list(sweep["runs"])
 
 
 @dataclass

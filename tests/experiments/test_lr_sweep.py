@@ -4,18 +4,14 @@ held-out FVU."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig, RunSpec, build_run
-from hybrid_sae_ext.experiments.lr_sweep import (
-    best_rate,
-    l0_adjusted_fvu,
-    lr_sweep_markdown,
-    sweep_learning_rates,
-    write_lr_sweep,
-)
+from hybrid_sae_ext.experiments.lr_sweep import lr_sweep_markdown, sweep_learning_rates, write_lr_sweep
+from hybrid_sae_ext.experiments.rates import best_rate, l0_adjusted_fvu
 from hybrid_sae_ext.experiments.report import _rates
 
 LRS = [1e-3, 3e-2]
@@ -95,3 +91,23 @@ def test_comparison_trains_each_swept_architecture_at_its_best_rate(tmp_path: Pa
         _tiny(tmp_path, lr_sweep=[], lr_from="nowhere.json")
     with pytest.raises(ValueError, match=r"lr_sweep=\[0.001, 0.03\] sweeps the rates that lr_from="):
         _tiny(tmp_path, lr_from=str(tmp_path / "sweep" / "lr_sweep.json"))
+
+
+def test_an_architecture_swept_in_two_files_takes_its_best_rate_over_both(tmp_path: Path) -> None:
+    """A finer grid added later (a second ``--lr_sweep`` file) competes with the first file's rates: the best run
+    of either file wins, whichever file comes last."""
+    first = sweep_learning_rates(_tiny(tmp_path / "first", architectures=["ksparse"]))
+    write_lr_sweep(first, tmp_path / "first")
+    worst = max(first["runs"], key=lambda r: r["fvu"])
+    second = {**first, "runs": [{**worst, "lr": 7e-3, "fvu": worst["fvu"] * 2}], "best_lr": {"ksparse": 7e-3}}
+    (tmp_path / "second").mkdir()
+    (tmp_path / "second" / "lr_sweep.json").write_text(json.dumps(second))
+    better = {**first, "runs": [{**worst, "lr": 2e-3, "fvu": worst["fvu"] / 100}], "best_lr": {"ksparse": 2e-3}}
+    (tmp_path / "better").mkdir()
+    (tmp_path / "better" / "lr_sweep.json").write_text(json.dumps(better))
+    files = [str(tmp_path / name / "lr_sweep.json") for name in ("first", "second")]
+    cfg = _tiny(tmp_path / "cmp", architectures=["ksparse"], lr_sweep=[], lr_from=",".join(files))
+    assert cfg.architecture_lr == {"ksparse": first["best_lr"]["ksparse"]}
+    cfg = _tiny(tmp_path / "cmp", architectures=["ksparse"], lr_sweep=[],
+                lr_from=",".join([*files, str(tmp_path / "better" / "lr_sweep.json")]))
+    assert cfg.architecture_lr == {"ksparse": 2e-3}
