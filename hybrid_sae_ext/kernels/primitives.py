@@ -140,7 +140,8 @@ def _csr_by_latent(
     fp32 on CPU: the C++ counting sort; elsewhere a stable sort by latent (int32 sorts twice as fast).
     """
     k = indices.shape[1]
-    if values.device.type == "cpu" and values.dtype == torch.float32 and (kernels := native_kernels()) is not None:
+    native = values.device.type == "cpu" and values.dtype == torch.float32 and indices.dtype == torch.int64
+    if native and (kernels := native_kernels()) is not None:
         crow, columns, sorted_values = kernels.csr_by_latent(values.contiguous(), indices.contiguous(), n_out)
         return crow, columns, sorted_values
     flat = indices.reshape(-1)
@@ -173,7 +174,7 @@ def residual_dots(
     On fp32 CPU tensors the C++ kernel does it in one pass per token (the decode's rows come back from
     cache for the dots); elsewhere it is the decode, then the gathered dot.
     """
-    if _native_applies(centered, table.t()) and codes.dtype == torch.float32 and codes.device.type == "cpu":
+    if _native_applies(centered, table.t()) and codes.dtype == torch.float32 and indices.dtype == torch.int64:
         kernels = native_kernels()
         assert kernels is not None
         return kernels.residual_dots(codes.contiguous(), indices.contiguous(), table, centered.contiguous())  # type: ignore[no-any-return]

@@ -128,6 +128,22 @@ def test_primitive_residual_dots_use_the_kernel_for_fp32_only(monkeypatch: pytes
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_csr_by_latent_equals_the_sorted_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C++ counting sort gives exactly the stable sort's CSR (rows by latent, token order within a row,
+    duplicates kept), and int32 indices take the sort."""
+    gen = torch.Generator().manual_seed(2)
+    values, indices = torch.randn(30, 6, generator=gen), torch.randint(0, 50, (30, 6), generator=gen)
+    indices[0] = indices[0, 0]  # one token picks the same latent six times
+    native_csr = primitives._csr_by_latent(values, indices, 50)
+    monkeypatch.setattr(primitives, "native_kernels", lambda: None)
+    sorted_csr = primitives._csr_by_latent(values, indices, 50)
+    for got, want in zip(native_csr, sorted_csr, strict=True):
+        assert torch.equal(got, want)
+    monkeypatch.undo()
+    for got, want in zip(primitives._csr_by_latent(values, indices.int(), 50), sorted_csr, strict=True):
+        assert torch.equal(got.long() if not got.is_floating_point() else got, want)
+
+
 def test_a_first_build_says_so_on_one_line_and_a_cached_one_is_silent(tmp_path) -> None:
     """A fresh extension cache: one line before the ~40 s compile; the same cache again: nothing at all."""
     load = "from hybrid_sae_ext.kernels.native import native_kernels; assert native_kernels() is not None"
