@@ -184,6 +184,14 @@ void check_float_matrix(const torch::Tensor& t, const char* message) {
   TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.is_contiguous() && t.scalar_type() == torch::kFloat, message);
 }
 
+// The data of an [n, k] int64 index tensor, every index checked to lie in [0, m) (one pass over the picks).
+const int64_t* checked_indices(const torch::Tensor& indices, int64_t m, const char* message) {
+  TORCH_CHECK(indices.dim() == 2 && indices.is_contiguous() && indices.scalar_type() == torch::kLong, message);
+  const int64_t* idx = indices.data_ptr<int64_t>();
+  for (int64_t p = 0; p < indices.numel(); ++p) TORCH_CHECK(idx[p] >= 0 && idx[p] < m, "an index is outside [0, m)");
+  return idx;
+}
+
 constexpr int64_t kLanes = 16;
 
 inline float dot(const float* a, const float* b, int64_t d) {
@@ -217,10 +225,7 @@ torch::Tensor gathered_dot(const torch::Tensor& rows, const torch::Tensor& table
   const float* w = table.data_ptr<float>();
   float* o = out.data_ptr<float>();
   if (block_rows == 0) {
-    TORCH_CHECK(indices.is_contiguous() && indices.scalar_type() == torch::kLong,
-                "indices must be a contiguous [n, k] int64 tensor");
-    const int64_t* idx = indices.data_ptr<int64_t>();
-    for (int64_t p = 0; p < n * k; ++p) TORCH_CHECK(idx[p] >= 0 && idx[p] < m, "an index is outside [0, m)");
+    const int64_t* idx = checked_indices(indices, m, "indices must be a contiguous [n, k] int64 tensor");
     at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin * k; p < end * k; ++p) o[p] = dot(x + (p / k) * d, w + idx[p] * d, d);
     });
@@ -250,14 +255,12 @@ torch::Tensor residual_dots(const torch::Tensor& codes, const torch::Tensor& ind
   check_float_matrix(codes, "codes must be a contiguous [n, k] float32 CPU tensor");
   check_float_matrix(table, "table must be a contiguous [m, d] float32 CPU tensor");
   check_float_matrix(centered, "centered must be a contiguous [n, d] float32 CPU tensor");
-  TORCH_CHECK(indices.dim() == 2 && indices.is_contiguous() && indices.scalar_type() == torch::kLong &&
-                  indices.sizes() == codes.sizes(),
-              "indices must be a contiguous int64 tensor shaped like codes");
+  const char* index_message = "indices must be a contiguous int64 tensor shaped like codes";
+  TORCH_CHECK(indices.sizes() == codes.sizes(), index_message);
   TORCH_CHECK(centered.size(0) == codes.size(0) && centered.size(1) == table.size(1),
               "centered must be [n, d] with n = codes.size(0) and d = table.size(1)");
-  const int64_t n = codes.size(0), k = codes.size(1), m = table.size(0), d = table.size(1);
-  const int64_t* idx = indices.data_ptr<int64_t>();
-  for (int64_t p = 0; p < n * k; ++p) TORCH_CHECK(idx[p] >= 0 && idx[p] < m, "an index is outside [0, m)");
+  const int64_t n = codes.size(0), k = codes.size(1), d = table.size(1);
+  const int64_t* idx = checked_indices(indices, table.size(0), index_message);
   auto out = torch::empty({n, k}, codes.options());
   const float* c = codes.data_ptr<float>();
   const float* w = table.data_ptr<float>();
