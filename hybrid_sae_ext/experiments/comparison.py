@@ -45,6 +45,12 @@ logger = logging.getLogger(__name__)
 _RESUME_IGNORES = ("seeds", "lr_sweep", "out", "cache_dir", "wandb", "progress")
 
 
+FULL_SIZES = {"epochs": 2, "tokens": 1_000_000, "eval_batches": 16, "n_features": 4096}
+"""The comparison's sizes for a real model on a GPU."""
+DEBUG_SIZES = {"epochs": 4, "tokens": 524_288, "eval_batches": 8, "n_features": 1024}
+"""``--debug``'s sizes: minutes per SAE on 2 CPU cores (524,288 tokens: the embedded corpus' train split)."""
+
+
 @dataclass
 class ComparisonConfig:
     """One comparison run (flags of ``hybrid-sae compare``)."""
@@ -55,16 +61,16 @@ class ComparisonConfig:
     """Block whose activations the SAEs learn (``blocks.<layer>.<hook_site>``)."""
     hook_site: str = "hook_resid_pre"
     """Hook point inside the block: ``hook_resid_pre``, ``hook_mlp_out``, ``hook_attn_out``, ``hook_resid_post``."""
-    n_features: int = simple_parsing.field(default=4096, alias="--d_sae")
-    """Latents per SAE (its width; 1,024 at most with ``--debug``)."""
+    n_features: int | None = simple_parsing.field(default=None, alias="--d_sae")
+    """Latents per SAE (its width; default 4,096, 1,024 with ``--debug``)."""
     batch_size: int = simple_parsing.field(default=8, alias="--batch_sequences")
     """Sequences per optimizer step (each gives context_size - 1 activations; BOS is skipped)."""
     context_size: int = 128
     """Tokens per captured sequence, BOS included."""
     epochs: int | None = None
     """Passes over the captured activations (default 2; 4 with ``--debug``)."""
-    tokens: int = 1_000_000
-    """Activations captured for training."""
+    tokens: int | None = None
+    """Activations captured for training (default 1,000,000; 524,288 with ``--debug``)."""
     architectures: list[str] = field(default_factory=lambda: list(VARIANTS))
     """Variants to train (rows of ``hybrid_sae_ext.experiments.variants.VARIANTS``)."""
     target_l0: int = 32
@@ -81,7 +87,7 @@ class ComparisonConfig:
     FVU (``lr_sweep.md``, ``lr_sweep.json``)."""
     lr_from: str = ""
     """``lr_sweep.json`` files of the same data and budget, comma-separated: each architecture they swept trains
-    at its best rate there (a later file's rate wins)."""
+    at its best rate over all their runs."""
     architecture_lr: dict[str, float] = field(default_factory=dict, init=False)
     """The per-architecture rates read from ``lr_from`` (the others train at ``lr``)."""
     search_probes: int = 6
@@ -94,8 +100,8 @@ class ComparisonConfig:
     """Held-out activations (validation split) for the FVU curves."""
     curve_points: int = 4
     """Held-out evaluations at T, T/2, T/4, ... of the budget T."""
-    eval_batches: int = 16
-    """Held-out batches (of batch_size sequences) for the splice evaluation."""
+    eval_batches: int | None = None
+    """Held-out batches (of batch_size sequences) for the splice evaluation (default 16; 8 with ``--debug``)."""
     cache_dir: str = ""
     """Activation cache folder (default: <out>/cache); reused and resumed across runs."""
     device: str = "cpu"
@@ -108,14 +114,14 @@ class ComparisonConfig:
     """Progress of the capture and of each training pass on stderr (a line per 30 s in a log); false: none."""
     debug: bool = False
     """Sized for 2 CPU cores: 524,288 tokens (the embedded corpus' train split), 4 epochs, 1,024 latents,
-    8 eval batches."""
+    8 eval batches; a size given explicitly wins over the preset."""
 
     def __post_init__(self) -> None:
-        if self.epochs is None:
-            self.epochs = 4 if self.debug else 2
-        if self.debug:
-            self.tokens, self.eval_batches = min(self.tokens, 524_288), min(self.eval_batches, 8)
-            self.n_features = min(self.n_features, 1024)
+        # Only the sizes left unset take the preset, so ``--debug --d_sae 4096`` trains 4,096 latents.
+        defaults = DEBUG_SIZES if self.debug else FULL_SIZES
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         for name in ("n_features", "batch_size", "epochs", "tokens", "eval_batches", "search_probes",
                      "heldout_tokens", "curve_points"):
             if getattr(self, name) < 1:

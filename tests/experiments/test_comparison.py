@@ -12,8 +12,8 @@ import pytest
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAEConfig
 
-from hybrid_sae_ext.experiments.variants import VARIANTS as COMPARISON_VARIANTS
 from hybrid_sae_ext.experiments.comparison import ComparisonConfig
+from hybrid_sae_ext.experiments.variants import VARIANTS as COMPARISON_VARIANTS
 
 T_975_DF2 = 4.302652729911275
 """Student-t 97.5% quantile with 2 degrees of freedom (tables), for three seeds."""
@@ -30,7 +30,7 @@ def test_comparison_end_to_end(tiny_comparison: tuple[Path, dict[str, Any]]) -> 
     rows = {row["architecture"]: row for row in results["table"]["rows"]}
     assert list(rows) == list(COMPARISON_VARIANTS)
     assert len(results["runs"]) == len(COMPARISON_VARIANTS) * (3 + 1 + 1)  # seed 0: target + 2 frontier points
-    assert {row["architecture"]: row["seeds"] for row in rows.values()} == dict.fromkeys(COMPARISON_VARIANTS, [0, 1, 2])
+    assert {row["architecture"]: row["seeds"] for row in rows.values()} == {key: [0, 1, 2] for key in COMPARISON_VARIANTS}
 
     assert _targets(results, "ksparse")[0]["k"] == 4 and _targets(results, "batchtopk")[0]["k"] == 4
     adaptive = _targets(results, "hybrid-adaptive")[0]
@@ -104,3 +104,13 @@ def test_runs_differ_only_in_architecture_knobs(tiny_comparison: tuple[Path, dic
 def test_bad_comparison_config_is_rejected(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ComparisonConfig(**overrides)
+
+
+def test_debug_preset_fills_only_the_sizes_left_unset() -> None:
+    """``--debug --d_sae 4096`` trains 4,096 latents: the preset used to cap an explicit width at 1,024 silently."""
+    debug = ComparisonConfig(debug=True)
+    assert (debug.n_features, debug.tokens, debug.epochs, debug.eval_batches) == (1024, 524_288, 4, 8)
+    full = ComparisonConfig()
+    assert (full.n_features, full.tokens, full.epochs, full.eval_batches) == (4096, 1_000_000, 2, 16)
+    explicit = ComparisonConfig(debug=True, n_features=4096, tokens=100_000, eval_batches=2)
+    assert (explicit.n_features, explicit.tokens, explicit.epochs, explicit.eval_batches) == (4096, 100_000, 4, 2)
