@@ -70,7 +70,7 @@ def sweep_learning_rates(cfg: ComparisonConfig) -> dict[str, Any]:
 
 def lr_sweep_markdown(results: dict[str, Any]) -> str:
     """Held-out FVU (and L0) of every swept architecture at every rate; each row's best in bold."""
-    lrs = results["config"]["lr_sweep"]
+    lrs = sorted(results["config"]["lr_sweep"])  # ascending, whatever order the runs took
     by_key = {(r["architecture"], r["lr"]): r for r in results["runs"]}
     lines = [
         f"# Learning-rate sweep ({results['device_name']})", "",

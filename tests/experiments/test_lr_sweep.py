@@ -51,6 +51,9 @@ def test_sweep_trains_each_architecture_at_each_rate_and_picks_the_lowest_fvu(tm
     # a rerun reuses each finished rate's pass (kept under partial/) and gives the same table
     assert sorted(p.name for p in (tmp_path / "out" / "partial").iterdir()) == ["lr-0.001.json", "lr-0.03.json"]
     assert lr_sweep_markdown(sweep_learning_rates(cfg)) == text
+    # the columns ascend whatever order the rates were given in
+    reordered = {**results, "config": {**results["config"], "lr_sweep": LRS[::-1]}}
+    assert lr_sweep_markdown(reordered) == text
 
 
 def test_sweep_refuses_what_it_cannot_sweep(tmp_path: Path) -> None:
