@@ -4,7 +4,7 @@ for it would flatter every architecture that tolerates that rate better.
 Every architecture whose L0 its own knobs set (k, or ``target_l0``) trains at each rate of
 ``ComparisonConfig.lr_sweep`` on the first seed, with the comparison's budget and schedule. The table gives
 the held-out FVU at the end of the budget; an architecture's best rate is its lowest FVU after moving each
-run to the target L0 at conservative exchange rates (``l0_adjusted_fvu``), and ``run_comparison.py --lr_from
+run to the target L0 at conservative exchange rates (``l0_adjusted_fvu``), and ``hybrid-sae compare --lr_from
 lr_sweep.json`` trains each at its own. Coefficient-searched architectures are left out: their coefficient
 would have to be searched again at each rate; they train at ``lr``.
 """
