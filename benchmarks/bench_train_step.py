@@ -11,7 +11,8 @@ On CPU, glibc malloc is first told to keep freed memory (``--keep-freed-memory``
 page faults on fresh ``batch x d_sae`` temporaries make the dense peers' steps slow and erratic.
 
 Every peer runs in fp32 and under bf16 autocast (``<label>@bf16-autocast``); the hybrid runs in its
-default settings (``hybrid``: ``selection_dtype="auto"``) and with each selection dtype. Each SAE is
+default settings (``hybrid``: the capped batch gate at mean L0 k, ``selection_dtype="auto"``) and with each
+selection dtype. Each SAE is
 timed twice: ``steps`` steps with no dead latents, then ``steps`` steps with half of the latents
 marked dead (AuxK active). Reported: median ms/step with min and max, tokens/s from the same
 median, peak memory (CUDA allocator; on CPU the process RSS, indicative only), and held-out FVU
@@ -43,6 +44,7 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from torch import Tensor, nn
 
 from hybrid_sae_ext import HybridSAE, HybridSAEConfig, register_architectures
+from hybrid_sae_ext.architectures.hybrid_config import DEFAULT_BATCH_TARGET_FRACTION
 from hybrid_sae_ext.architectures.protocols import SparseTrainingStep
 from hybrid_sae_ext.cli_errors import LiteralPercentHelpFormatter
 from hybrid_sae_ext.io import write_json_atomic, write_text_atomic
@@ -63,18 +65,29 @@ AUXK_ALPHA = 1 / 32  # sparsify's AuxK weight: the hybrid's default aux_k_coeffi
 DEAD_FRACTION = 0.5  # latents marked dead in the AuxK-active timing
 AUTOCAST = "@bf16-autocast"
 HYBRIDS: dict[str, dict[str, Any]] = {
-    "hybrid": {},
-    "hybrid@sel-float32": {"selection_dtype": "float32"},
-    "hybrid@sel-bfloat16": {"selection_dtype": "bfloat16"},
-    "hybrid-dense-reference": {"kernel_backend": "dense", "selection_dtype": "float32"},
-    # The other hybrids of the comparison (``experiments/variants.py``) at the same per-token cap k: the
-    # default before refinement (refine_steps=1) became the default, and the batch gates, which settle at
-    # k/2 (the comparison's k = 2 x target). Opt-in (``--only``).
-    "hybrid@no-refine": {"refine_steps": 0},
+    # The default (the capped batch gate) at mean L0 k, as the comparison matches it: per-token cap
+    # k / DEFAULT_BATCH_TARGET_FRACTION, so it handles 1.25 x the picks of the k-based peers per token.
+    "hybrid": {"k": "cap", "target_l0": "k"},
+    "hybrid@sel-float32": {"k": "cap", "target_l0": "k", "selection_dtype": "float32"},
+    "hybrid@sel-bfloat16": {"k": "cap", "target_l0": "k", "selection_dtype": "bfloat16"},
+    "hybrid-dense-reference": {"k": "cap", "target_l0": "k", "kernel_backend": "dense", "selection_dtype": "float32"},
+    # The earlier hybrids (``experiments/variants.py``), opt-in (``--only``): the refined fixed-k default of
+    # sessions 3-5, the hybrid as issue 28 found it (fixed k, unrefined), and the batch gates at cap 2 x target.
+    "hybrid@fixed-k": {"gate_rule": "token", "refine_steps": 1},
+    "hybrid@no-refine": {"gate_rule": "token", "refine_steps": 0},
     "hybrid@batch": {"gate_rule": "batch", "target_l0": "k/2", "refine_steps": 0},
     "hybrid@batch-refine": {"gate_rule": "batch", "target_l0": "k/2", "refine_steps": 1},
 }
-REDESIGNS = ("hybrid@no-refine", "hybrid@batch", "hybrid@batch-refine")
+REDESIGNS = ("hybrid@fixed-k", "hybrid@no-refine", "hybrid@batch", "hybrid@batch-refine")
+
+
+def hybrid_sizes(extra: dict[str, Any], k: int) -> dict[str, Any]:
+    """A hybrid entry's ``k`` and ``target_l0`` for the peers' k: "cap" is k / DEFAULT_BATCH_TARGET_FRACTION,
+    "k" and "k/2" what they say; an entry without ``k`` has the peers' k."""
+    sizes = {"cap": round(k / DEFAULT_BATCH_TARGET_FRACTION), "k": k, "k/2": k / 2}
+    return {**extra, "k": sizes[extra.get("k", "k")], **({"target_l0": sizes[extra["target_l0"]]} if "target_l0" in extra else {})}
+
+
 SAELENS_PEERS: dict[str, dict[str, Any]] = {
     "standard": {"l1_coefficient": L1_COEFFICIENT},
     "gated": {"l1_coefficient": L1_COEFFICIENT},
@@ -82,7 +95,7 @@ SAELENS_PEERS: dict[str, dict[str, Any]] = {
     "batchtopk": {},
     "jumprelu": {"l0_coefficient": JUMPRELU_L0_COEFFICIENT},
 }
-K_BASED = {"hybrid", "topk", "batchtopk"}
+K_BASED = {"topk", "batchtopk"}
 PEERS = (*SAELENS_PEERS, "sparsify")
 PEER_LABELS = tuple(f"{p}{suffix}" for p in PEERS for suffix in ("", AUTOCAST))
 ALL_LABELS = (*HYBRIDS, *PEER_LABELS)
@@ -208,9 +221,10 @@ def saelens_contender(label: str, cfg: BenchConfig) -> Contender:
     arch = "hybrid" if label in HYBRIDS else label.removesuffix(AUTOCAST)
     extra = HYBRIDS[label] if label in HYBRIDS else SAELENS_PEERS[arch]
     sae_cls, cfg_cls = get_sae_training_class(arch)
-    extra = {**extra, "k": cfg.k} if arch in K_BASED else extra
-    if extra.get("target_l0") == "k/2":
-        extra["target_l0"] = cfg.k / 2
+    if label in HYBRIDS:
+        extra = hybrid_sizes(extra, cfg.k)
+    elif arch in K_BASED:
+        extra = {**extra, "k": cfg.k}
     sae = sae_cls(cfg_cls(d_in=cfg.d_in, d_sae=cfg.d_sae, dtype=cfg.dtype, device=cfg.device, **extra))
     params = list(sae.parameters())
     opt = make_adam(params, cfg.lr)
@@ -322,7 +336,7 @@ def bench_inference(cfg: BenchConfig, labels: Sequence[str]) -> list[InferenceRe
     common = dict(d_in=cfg.d_in, d_sae=cfg.d_sae, k=cfg.k, dtype=cfg.dtype, device=cfg.device)
     runs: dict[str, Callable[[Tensor], Tensor]] = {}
     if "hybrid" in labels:
-        hybrid = HybridSAE(HybridSAEConfig(**common))
+        hybrid = HybridSAE(HybridSAEConfig(**{**common, "k": hybrid_sizes(HYBRIDS["hybrid"], cfg.k)["k"]}))
         runs["hybrid"] = lambda x: hybrid.decode_sparse(hybrid.encode_sparse(x))
     if REFERENCE in labels:
         runs[REFERENCE] = TopKSAE(TopKSAEConfig(**common))

@@ -12,11 +12,13 @@ and uses: MSE, the gated auxiliary reconstruction through ``relu(pi_gate)`` with
 decoder (so the gate threshold learns), an optional L1 on the gate, and AuxK for dead latents
 (Gao et al. 2024). The decoder is used with unit-norm rows during training and saved that way.
 
-Gate rules (``gate_rule``): ``token`` opens the per-token top-k where ``pi_gate > 0`` (with ``target_l0``:
-``> tau``, an EMA of the threshold that leaves ``target_l0`` open on the batch); ``batch`` is BatchTopK's
-allocation on ``pi_gate``: in training exactly the batch's top ``n x target_l0`` of the per-token top-k
-candidates open (``tau`` = that batch's threshold), and ``tau``'s EMA is folded into ``b_gate`` for
-inference, so ``encode`` still reads each token alone; ``jump`` learns per-latent thresholds (``-b_gate``):
+Gate rules (``gate_rule``): ``batch`` (the default) is BatchTopK's allocation on ``pi_gate``: in training
+exactly the batch's top ``n x target_l0`` of the per-token top-k candidates open (``tau`` = that batch's
+threshold), and ``tau``'s EMA is folded into ``b_gate`` for inference, so ``encode`` still reads each token
+alone; the per-token cap k is 1.25 x ``target_l0`` by default (at 2 x target the batch gate collapsed at
+L0 64; a lighter gate auxiliary loss, which reads all k candidates, helped there too: docs/comparison.md);
+``token`` opens the per-token top-k where ``pi_gate > 0`` (with ``target_l0``: ``> tau``, an EMA of the
+threshold that leaves ``target_l0`` open on the batch); ``jump`` learns per-latent thresholds (``-b_gate``):
 a gate opens where ``pi_gate > 0`` through a straight-through step (JumpReLU's rectangle estimator of width
 ``gate_bandwidth``, gradient to ``b_gate`` only), trained by the MSE and the quadratic L0 penalty
 ``l0_coefficient * 2 / t * (L0 - t)^2`` on the batch's mean L0 (Gemma Scope 2's, on the mean so that

@@ -38,6 +38,12 @@ def _validate_refine_steps(refine_steps: int) -> None:
         raise ValueError(f"refine_steps must be in [0, {MAX_REFINE_STEPS}], got refine_steps={refine_steps}")
 
 
+DEFAULT_BATCH_TARGET_FRACTION = 0.8
+"""The batch gate's mean L0 where ``target_l0`` is unset: 0.8 k, so the per-token cap k is 1.25 x the mean. Why 1.25:
+at a cap of 2 x the mean the gate-threshold hybrids collapsed at L0 64; 1.25 beat 1.5 and 2 there and at L0 32
+(``docs/comparison.md``, "The capped batch gate")."""
+
+
 def _validate_target_l0(target_l0: float | None, k: int) -> None:
     if target_l0 is not None and not 0 < target_l0 <= k:
         raise ValueError(f"target_l0 must be None or in (0, k={k}], got target_l0={target_l0}")
@@ -89,11 +95,13 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
     """How the top-k candidates are scored: "float32" (exact), "bfloat16" (top k + margin in bf16, rescored
     exactly; values and gradients stay exact), "auto" (bf16 where a one-time timing shows it faster)."""
     target_l0: float | None = None
-    """Mean latents per token to settle at (0 < target_l0 <= k); k stays the per-token cap. None: fixed k."""
-    gate_rule: str = "token"
-    """How the gate opens (see ``hybrid.py``): "token" (per-token top-k, EMA threshold with target_l0),
-    "batch" (BatchTopK's batch-level allocation, needs target_l0), "jump" (learned per-latent thresholds
-    through a straight-through step and a quadratic L0 penalty, needs target_l0)."""
+    """Mean latents per token to settle at (0 < target_l0 <= k); k stays the per-token cap. None: 0.8 x k with
+    the batch gate (``DEFAULT_BATCH_TARGET_FRACTION``, set at construction), a fixed k with the token gate."""
+    gate_rule: str = "batch"
+    """How the gate opens (see ``hybrid.py``): "batch" (the default: BatchTopK's batch-level allocation of
+    target_l0 latents per token on average, at most k per token), "token" (per-token top-k, EMA threshold with
+    target_l0), "jump" (learned per-latent thresholds through a straight-through step and a quadratic L0 penalty,
+    needs target_l0)."""
     l0_coefficient: float = 1.0
     """Weight of the "jump" gate's quadratic L0 penalty around target_l0."""
     gate_bandwidth: float = 0.05
@@ -112,6 +120,8 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         validate_sizes(self.d_in, self.d_sae, self.k)
+        if self.gate_rule == "batch" and self.target_l0 is None:
+            self.target_l0 = DEFAULT_BATCH_TARGET_FRACTION * self.k
         _validate_target_l0(self.target_l0, self.k)
         if self.kernel_backend not in KERNEL_BACKENDS:
             raise ValueError(
@@ -122,8 +132,8 @@ class HybridTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(f"k_aux must be None or in [1, d_sae={self.d_sae}], got {self.k_aux}")
         if self.gate_rule not in GATE_RULES:
             raise ValueError(f"gate_rule={self.gate_rule!r} is not one of {GATE_RULES}")
-        if self.gate_rule != "token" and self.target_l0 is None:
-            raise ValueError(f"gate_rule={self.gate_rule!r} allocates latents towards target_l0: set target_l0")
+        if self.gate_rule == "jump" and self.target_l0 is None:
+            raise ValueError("gate_rule='jump' learns its thresholds towards target_l0: set target_l0")
         _validate_refine_steps(self.refine_steps)
         if not self.gate_bandwidth > 0:
             raise ValueError(f"gate_bandwidth must be > 0, got {self.gate_bandwidth}")

@@ -2,7 +2,9 @@
 
 Why: the field's scale-out is ``torchrun`` + ``torch.distributed``. Each rank takes a contiguous
 slice of the same global batch, gradients are averaged with one all-reduce, and dead-latent
-statistics are merged, so N ranks compute exactly the step one process would on the global batch.
+statistics are merged, so N ranks compute exactly the step one process would on the global batch. Except where the
+SAE allocates latents over the batch (the hybrid's default batch gate, BatchTopK): each rank allocates over its own
+slice, as under DDP, so only per-token gates give exactly the one-process step.
 """
 
 from __future__ import annotations

@@ -57,8 +57,9 @@ def comparison_markdown(results: dict[str, Any]) -> str:
         f"Splice evaluation on {results['eval_tokens']:,} held-out tokens: CE clean {results['eval']['ce_loss_clean']:.4f}, "
         f"zero-ablation {results['eval']['ce_loss_zero_ablation']:.4f}.",
         "",
-        "How sparsity was matched: TopK, BatchTopK and the fixed-k hybrid use k = target; the adaptive hybrid uses "
-        "`target_l0` = target with k = 2 x target as its per-token cap; JumpReLU uses Gemma Scope 2's quadratic "
+        "How sparsity was matched: TopK, BatchTopK and the fixed-k hybrids use k = target; the gate-threshold hybrids "
+        "use `target_l0` = target with a per-token cap k of 1.25 x target (the default, a batch gate) or as their "
+        "label says (2 x target where it says nothing); JumpReLU uses Gemma Scope 2's quadratic "
         "penalty around `target_l0` = target (coefficient 1); vanilla and gated get their loss "
         f"coefficient by bisection on its logarithm with probes of {results['search']['probe_steps']} steps (seed "
         f"{cfg['seeds'][0]}'s data), until the probe's L0 is within {cfg['tolerance']:.0%} of the target. A run whose "

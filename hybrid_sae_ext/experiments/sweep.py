@@ -71,10 +71,11 @@ class SweepConfig:
     """Text to capture: train split for training, validation split for held-out evaluation."""
     cache_dir: str = ""
     """Activation caches (reused across sweeps); empty: ``cache/activations/<model>-<dataset>-<hook>`` (git-ignored)."""
-    architecture: str = "hybrid-refine"
-    """A comparison variant set by k or target_l0 (hybrid-refine: ``architecture="hybrid"`` at its defaults;
-    hybrid: the unrefined fixed-k hybrid; hybrid-adaptive, ksparse, ksparse-matched, batchtopk, jumprelu...), built
-    as the comparison builds it; or a SAELens architecture with a k (topk...), its defaults."""
+    architecture: str = "hybrid-batch-refine-cap1.25"
+    """A comparison variant set by k or target_l0 (hybrid-batch-refine-cap1.25: ``architecture="hybrid"`` at its
+    defaults, k the mean L0; hybrid-refine: the refined fixed-k hybrid; hybrid: the unrefined fixed-k hybrid;
+    hybrid-adaptive, ksparse, ksparse-matched, batchtopk, jumprelu...), built as the comparison builds it; or a
+    SAELens architecture with a k (topk...), its defaults."""
     widths: list[int] = simple_parsing.field(default_factory=list, alias="--d_sae")
     """SAE widths (latents, d_sae); empty: the debug or full grid."""
     ks: list[int] = simple_parsing.field(default_factory=list, alias="--k")

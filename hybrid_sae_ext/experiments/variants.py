@@ -15,6 +15,7 @@ from typing import Any
 from sae_lens.saes.sae import TrainingSAE
 
 from hybrid_sae_ext.architectures.build import build_training_sae
+from hybrid_sae_ext.architectures.hybrid_config import DEFAULT_BATCH_TARGET_FRACTION
 from hybrid_sae_ext.training.trainer import Trainer
 
 
@@ -95,7 +96,8 @@ VARIANTS: dict[str, ComparisonVariant] = {
                                                                                 "aux_k_coefficient": 1.0,
                                                                                 "refine_steps": 0}),
     # Refinement of the magnitude path: one (or two) learned steps along the reconstruction's gradient on
-    # each token's own open latents, so the chosen latents' values fit jointly (``refine_steps``).
+    # each token's own open latents, so the chosen latents' values fit jointly (``refine_steps``). The default
+    # of sessions 3-5.
     "hybrid-refine": ComparisonVariant("hybrid", "k", "hybrid (fixed k, refined)", {"gate_rule": "token",
                                                                                    "refine_steps": 1}),
     # The adaptive token gate (EMA threshold towards target_l0, k = 2 x target) with the refined magnitude path.
@@ -106,6 +108,34 @@ VARIANTS: dict[str, ComparisonVariant] = {
     "hybrid-batch-refine": ComparisonVariant(
         "hybrid", "target_l0", "hybrid (batch gate, refined)", {"gate_rule": "batch", "refine_steps": 1},
         k_cap_factor=2.0,
+    ),
+    # The default since session 6: the batch gate with refinement and a per-token cap of 1.25 x the target (the
+    # config's DEFAULT_BATCH_TARGET_FRACTION). At cap 2 x target the gate-threshold hybrids collapse at L0 64
+    # (k = 2 x 64 = d_in here); the L0 64 screen tried tighter caps and a lighter gate auxiliary loss (the
+    # loss that trains the shared encoder towards a code of all k candidates): docs/comparison.md.
+    "hybrid-batch-refine-cap1.25": ComparisonVariant(
+        "hybrid", "target_l0", "hybrid (batch gate, refined, k = 1.25 x target)",
+        {"gate_rule": "batch", "refine_steps": 1}, k_cap_factor=1 / DEFAULT_BATCH_TARGET_FRACTION,
+    ),
+    "hybrid-batch-refine-cap1.125": ComparisonVariant(
+        "hybrid", "target_l0", "hybrid (batch gate, refined, k = 1.125 x target)", {"gate_rule": "batch", "refine_steps": 1},
+        k_cap_factor=1.125,
+    ),
+    "hybrid-batch-refine-cap1.5": ComparisonVariant(
+        "hybrid", "target_l0", "hybrid (batch gate, refined, k = 1.5 x target)", {"gate_rule": "batch", "refine_steps": 1},
+        k_cap_factor=1.5,
+    ),
+    "hybrid-batch-refine-gate0.1": ComparisonVariant(
+        "hybrid", "target_l0", "hybrid (batch gate, refined, gate aux 0.1)",
+        {"gate_rule": "batch", "refine_steps": 1, "gate_aux_coefficient": 0.1}, k_cap_factor=2.0,
+    ),
+    "hybrid-batch-refine-cap1.5-gate0.1": ComparisonVariant(
+        "hybrid", "target_l0", "hybrid (batch gate, refined, k = 1.5 x target, gate aux 0.1)",
+        {"gate_rule": "batch", "refine_steps": 1, "gate_aux_coefficient": 0.1}, k_cap_factor=1.5,
+    ),
+    "hybrid-batch-refine-cap1.25-gate0.1": ComparisonVariant(
+        "hybrid", "target_l0", "hybrid (batch gate, refined, k = 1.25 x target, gate aux 0.1)",
+        {"gate_rule": "batch", "refine_steps": 1, "gate_aux_coefficient": 0.1}, k_cap_factor=1.25,
     ),
     "hybrid-refine2": ComparisonVariant("hybrid", "k", "hybrid (fixed k, 2 refine steps)", {"gate_rule": "token",
                                                                                           "refine_steps": 2}),

@@ -59,7 +59,8 @@ class TrainConfig:
     batch_size: int = simple_parsing.field(default=4096, alias="--batch_tokens")
     """Tokens (activation rows) per optimizer step, over all ranks and micro-batches."""
     grad_accum_steps: int = 1
-    """Micro-batches per optimizer step; must divide batch_size (per rank)."""
+    """Micro-batches per optimizer step; must divide batch_size (per rank). A batch-level allocation (the hybrid's
+    default batch gate, BatchTopK) allocates within each micro-batch, so for those it is not the large batch exactly."""
     total_steps: int = 1000
     """Optimizer steps."""
     clip_grad_norm: float = 1.0

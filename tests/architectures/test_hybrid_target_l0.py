@@ -54,9 +54,11 @@ def test_target_l0_is_refused_by_an_architecture_without_it() -> None:
         TrainConfig(architecture="ksparse", d_sae=128, k=64, target_l0=32.0)
 
 
-def test_our_trainer_settles_at_target_and_inference_matches(acts: torch.Tensor, tmp_path: Path) -> None:
+@pytest.mark.parametrize("gate_rule", ["batch", "token"])
+def test_our_trainer_settles_at_target_and_inference_matches(acts: torch.Tensor, tmp_path: Path, gate_rule: str) -> None:
     cfg = TrainConfig(architecture="hybrid", d_sae=512, k=K, target_l0=TARGET, lr=1e-3, batch_size=512,
-                      total_steps=150, lr_warmup_steps=5, progress_bar=False)
+                      total_steps=150, lr_warmup_steps=5, progress_bar=False,
+                      sae_overrides={"gate_rule": gate_rule})
     trainer = Trainer(cfg, TensorActivationSource(acts[:-2048]))
     history = trainer.train().history
     train_l0 = sum(m.l0 for m in history[-30:]) / 30
@@ -75,9 +77,16 @@ def test_our_trainer_settles_at_target_and_inference_matches(acts: torch.Tensor,
         torch.testing.assert_close(loaded.encode(held_out), trainer.sae.encode(held_out), rtol=1e-5, atol=1e-5)
 
 
+def test_the_default_is_the_batch_gate_at_0_8_k_capped_at_k() -> None:
+    cfg = HybridTrainingSAEConfig(d_in=8, d_sae=64, k=10)
+    assert (cfg.gate_rule, cfg.target_l0, cfg.k) == ("batch", 8.0, 10)
+    assert HybridTrainingSAEConfig(d_in=8, d_sae=64, k=10, target_l0=3.0).target_l0 == 3.0
+    assert HybridTrainingSAEConfig(d_in=8, d_sae=64, k=10, gate_rule="token").target_l0 is None  # fixed k
+
+
 def test_threshold_is_state_and_fixed_k_is_unchanged() -> None:
     adaptive = HybridTrainingSAE(HybridTrainingSAEConfig(d_in=8, d_sae=64, k=8, target_l0=4.0))
-    fixed = HybridTrainingSAE(HybridTrainingSAEConfig(d_in=8, d_sae=64, k=8))
+    fixed = HybridTrainingSAE(HybridTrainingSAEConfig(d_in=8, d_sae=64, k=8, gate_rule="token"))
     assert "gate_threshold" in adaptive.state_dict() and "gate_threshold" not in fixed.state_dict()
     adaptive.train()
     adaptive.hybrid_forward(torch.randn(32, 8))

@@ -68,7 +68,8 @@ def _case(name: str, backend: str, dtype: str = "float64", **gate: Any) -> tuple
     cfg = HybridTrainingSAEConfig(
         d_in=case["shape"][-1], d_sae=case["d_sae"], k=case["k"], k_aux=case["k_aux"], l1_coefficient=0.3,
         gate_aux_coefficient=0.7, aux_k_coefficient=0.5, kernel_backend=backend, dtype=dtype,
-        **{"refine_steps": 0, **gate},  # each term alone; test_refinement_matches_reference adds the steps
+        # each term alone (test_refinement_matches_reference adds the steps), on the token gate unless a case says
+        **{"refine_steps": 0, "gate_rule": "token", **gate},
     )
     sae = HybridTrainingSAE(cfg)
     _randomize(sae, seed=len(name))
@@ -231,7 +232,7 @@ def test_duplicate_latents_tie_and_match_reference_up_to_which_copy_fires(backen
     """Six pairs of identical latents: exact ties in both top-k selections. Which copy wins is
     arbitrary, so values must match and gradients must match summed over each pair."""
     cfg = HybridTrainingSAEConfig(
-        d_in=6, d_sae=20, k=5, k_aux=4, l1_coefficient=0.3, kernel_backend=backend, dtype="float64"
+        d_in=6, d_sae=20, k=5, k_aux=4, l1_coefficient=0.3, kernel_backend=backend, dtype="float64", gate_rule="token"
     )
     sae = HybridTrainingSAE(cfg)
     _randomize(sae, seed=11, duplicate_pairs=6)

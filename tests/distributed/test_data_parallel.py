@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hybrid_sae_ext.training.config import TrainConfig
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
-from _workload import config, trainer  # noqa: E402
+from _workload import config as workload_config  # noqa: E402
+from _workload import trainer  # noqa: E402
 
 WORLD = 2
+
+
+def config(*args: Any, **overrides: Any) -> TrainConfig:
+    """The workload on the hybrid's token gate: the default batch gate allocates within each rank's share of the
+    batch (as BatchTopK under DDP does), so only a per-token gate makes 2 ranks equal one process exactly."""
+    return workload_config(*args, sae_overrides={"gate_rule": "token"}, **overrides)
 
 
 def _weights(run) -> dict[str, torch.Tensor]:

@@ -21,8 +21,8 @@ WORLD = 2
 D_IN, D_SAE = 12, 64
 F64 = dict(rtol=1e-9, atol=1e-10)
 GATES: dict[str, dict[str, Any]] = {
-    "fixed k": {},
-    "token, target_l0": dict(target_l0=3.0),
+    "fixed k": dict(gate_rule="token"),
+    "token, target_l0": dict(target_l0=3.0, gate_rule="token"),
     "batch": dict(target_l0=3.0, gate_rule="batch"),
     "jump": dict(target_l0=3.0, gate_rule="jump", l0_coefficient=0.4, gate_bandwidth=0.6),
     "batch, refined": dict(target_l0=3.0, gate_rule="batch", refine_steps=2),

@@ -33,7 +33,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sweep(root: Path) -> tuple[Path, dict[str, Any]]:
     """One real sweep through the CLI: capture from the embedded model, train 12 SAEs in one pass, fit, write."""
     cli.main([
-        "scaling", "--out", str(root / "out"), "--cache_dir", str(root / "cache"), "--batch_tokens", "512",
+        "scaling", "--architecture", "hybrid-refine", "--out", str(root / "out"), "--cache_dir", str(root / "cache"),
+        "--batch_tokens", "512",
         "--d_sae", *map(str, WIDTHS), "--k", *map(str, KS), "--token_checkpoints", *map(str, BUDGETS),
         "--heldout_tokens", "2048", "--lr", "4e-3", "--n_boot", "40", "--noprogress",
     ])

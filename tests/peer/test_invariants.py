@@ -181,7 +181,12 @@ def test_train_step_outputs_are_plain_dense_tensors(architecture: str, acts: tor
     assert out.feature_acts.abs().sum() > 0 and l0.mean() > 0
     if "k" in {f for f in sae.cfg.to_dict()} and architecture not in BATCHED_SELECTION:
         assert l0.max() <= K
-    if architecture not in BATCHED_SELECTION | {"matching_pursuit"}:
+    if architecture == "hybrid":  # its default batch gate allocates over the training batch, as BatchTopK does;
+        sae.eval()                # evaluating, the step gates each token alone, as encode does
+        with torch.no_grad():
+            _close(_train_step(sae, acts).feature_acts, sae.encode(acts))
+        sae.train()
+    elif architecture not in BATCHED_SELECTION | {"matching_pursuit"}:
         with torch.no_grad():
             _close(out.feature_acts, sae.encode(acts))
     assert torch.isfinite(out.loss) and set(out.losses) >= {"mse_loss"}

@@ -28,7 +28,7 @@ BAD_TRAIN_CONFIGS = [
     ({"architecture": "topk", "k": 65, "d_sae": 64}, "k must satisfy 1 <= k <= d_sae=64, got k=65"),
     ({"target_l0": 40.0}, "target_l0 must be None or in (0, k=32], got target_l0=40.0"),
     ({"architecture": "topk", "target_l0": 8.0}, "'topk' SAEs have no config field target_l0; allowed: "),
-    ({"sae_overrides": {"gate_rule": "batch"}}, "gate_rule='batch' allocates latents towards target_l0: set target_l0"),
+    ({"sae_overrides": {"gate_rule": "jump"}}, "gate_rule='jump' learns its thresholds towards target_l0: set target_l0"),
     ({"sae_overrides": {"gate_rul": "batch"}}, "'hybrid' SAEs have no config field gate_rul; allowed: "),
     ({"sae_overrides": {"k": 8}}, "sae_overrides sets k: set it with its own option, not in sae_overrides"),
 ]

@@ -87,8 +87,8 @@ def test_run_ends_with_one_line_of_the_headline_metrics(reference: Path) -> None
     match = re.fullmatch(pattern, stdout.splitlines()[-1])
     assert match, stdout.splitlines()[-1]
     names = ("ce_loss_recovered", "kl_div_with_sae", "fvu", "explained_variance", "l0_mean")
-    for name, text in zip(names, match.groups()):
-        assert float(text) == pytest.approx(evaluation[name], abs=1e-4), name
+    for name, text in zip(names, match.groups()):  # L0 printed to 2 decimals, the others to 4
+        assert float(text) == pytest.approx(evaluation[name], abs=5e-3 if name == "l0_mean" else 1e-4), name
     assert (int(match[6]), int(match[7])) == (evaluation["n_dead"], evaluation["d_sae"])
     assert "Moving model to device" not in stdout and "Changing model dtype" not in stdout
 

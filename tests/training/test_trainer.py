@@ -26,7 +26,10 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 @pytest.mark.parametrize("architecture", ["hybrid", "ksparse", "vanilla", "gated"])
 def test_grad_accumulation_equals_the_large_batch(architecture: str) -> None:
-    base = dict(architecture=architecture, total_steps=6, l1_coefficient=0.1)
+    """Exact for per-token gates; the hybrid's default batch gate allocates within each micro-batch (as BatchTopK
+    does), so the hybrid runs here with its token gate."""
+    overrides = {"sae_overrides": {"gate_rule": "token"}} if architecture == "hybrid" else {}
+    base = dict(architecture=architecture, total_steps=6, l1_coefficient=0.1, **overrides)
     whole = trainer(config(**base, grad_accum_steps=1)).train()
     accumulated = trainer(config(**base, grad_accum_steps=4)).train()
     _assert_same_weights(_weights(whole), _weights(accumulated))
@@ -77,10 +80,10 @@ def test_nan_batch_is_skipped_when_asked() -> None:
 
 @pytest.mark.parametrize(("refine_steps", "l1_coefficient"), [(0, 3.0), (1, 10.0)], ids=["unrefined", "refined"])
 def test_hybrid_l0_adapts_below_k_under_an_l1_penalty(refine_steps: int, l1_coefficient: float) -> None:
-    """The gate closes candidates when the L1 on the gate is strong: L0 falls below k, per token. The refined
-    default needs a stronger L1 in these 60 steps (measured L0 5.40 at 10, 7.94 at 3, 7.84 free): its step gives
+    """The token gate closes candidates when the L1 on the gate is strong: L0 falls below k, per token. The refined
+    hybrid needs a stronger L1 in these 60 steps (measured L0 5.40 at 10, 7.94 at 3, 7.84 free): its step gives
     a value to an open latent whose magnitude was clipped, which the unrefined L0 does not count."""
-    overrides = {"refine_steps": refine_steps}
+    overrides = {"refine_steps": refine_steps, "gate_rule": "token"}
     free = trainer(config(total_steps=60, k=8, l1_coefficient=0.0, sae_overrides=overrides)).train()
     penalised = trainer(config(total_steps=60, k=8, l1_coefficient=l1_coefficient, sae_overrides=overrides)).train()
     acts = activations(512, seed=1)
