@@ -46,6 +46,15 @@ class ComparisonVariant:
         return self.sparsity_knob not in ("k", "target_l0")
 
 
+def _batch_refined(cap: float, gate_aux: float | None = None) -> ComparisonVariant:
+    """The batch gate with one refinement step, its per-token cap ``cap`` x target (labelled where it is not 2) and,
+    where given, a gate auxiliary loss weight."""
+    details = (f", k = {cap:g} x target" if cap != 2.0 else "") + (f", gate aux {gate_aux:g}" if gate_aux else "")
+    extra = {"gate_aux_coefficient": gate_aux} if gate_aux else {}
+    return ComparisonVariant("hybrid", "target_l0", f"hybrid (batch gate, refined{details})",
+                             {"gate_rule": "batch", "refine_steps": 1, **extra}, k_cap_factor=cap)
+
+
 VARIANTS: dict[str, ComparisonVariant] = {
     "vanilla": ComparisonVariant("standard", "l1_coefficient", "vanilla (L1)", first_coefficient=6.0),
     "gated": ComparisonVariant("gated", "l1_coefficient", "gated", first_coefficient=8.0),
@@ -105,38 +114,17 @@ VARIANTS: dict[str, ComparisonVariant] = {
         "hybrid", "target_l0", "hybrid (target_l0, k = 2 x target, refined)", {"gate_rule": "token", "refine_steps": 1},
         k_cap_factor=2.0,
     ),
-    "hybrid-batch-refine": ComparisonVariant(
-        "hybrid", "target_l0", "hybrid (batch gate, refined)", {"gate_rule": "batch", "refine_steps": 1},
-        k_cap_factor=2.0,
-    ),
+    "hybrid-batch-refine": _batch_refined(cap=2.0),
     # The default since session 6: the batch gate with refinement and a per-token cap of 1.25 x the target (the
     # config's DEFAULT_BATCH_TARGET_FRACTION). At cap 2 x target the gate-threshold hybrids collapse at L0 64
     # (k = 2 x 64 = d_in here); the L0 64 screen tried tighter caps and a lighter gate auxiliary loss (the
     # loss that trains the shared encoder towards a code of all k candidates): docs/comparison.md.
-    "hybrid-batch-refine-cap1.25": ComparisonVariant(
-        "hybrid", "target_l0", "hybrid (batch gate, refined, k = 1.25 x target)",
-        {"gate_rule": "batch", "refine_steps": 1}, k_cap_factor=1 / DEFAULT_BATCH_TARGET_FRACTION,
-    ),
-    "hybrid-batch-refine-cap1.125": ComparisonVariant(
-        "hybrid", "target_l0", "hybrid (batch gate, refined, k = 1.125 x target)", {"gate_rule": "batch", "refine_steps": 1},
-        k_cap_factor=1.125,
-    ),
-    "hybrid-batch-refine-cap1.5": ComparisonVariant(
-        "hybrid", "target_l0", "hybrid (batch gate, refined, k = 1.5 x target)", {"gate_rule": "batch", "refine_steps": 1},
-        k_cap_factor=1.5,
-    ),
-    "hybrid-batch-refine-gate0.1": ComparisonVariant(
-        "hybrid", "target_l0", "hybrid (batch gate, refined, gate aux 0.1)",
-        {"gate_rule": "batch", "refine_steps": 1, "gate_aux_coefficient": 0.1}, k_cap_factor=2.0,
-    ),
-    "hybrid-batch-refine-cap1.5-gate0.1": ComparisonVariant(
-        "hybrid", "target_l0", "hybrid (batch gate, refined, k = 1.5 x target, gate aux 0.1)",
-        {"gate_rule": "batch", "refine_steps": 1, "gate_aux_coefficient": 0.1}, k_cap_factor=1.5,
-    ),
-    "hybrid-batch-refine-cap1.25-gate0.1": ComparisonVariant(
-        "hybrid", "target_l0", "hybrid (batch gate, refined, k = 1.25 x target, gate aux 0.1)",
-        {"gate_rule": "batch", "refine_steps": 1, "gate_aux_coefficient": 0.1}, k_cap_factor=1.25,
-    ),
+    "hybrid-batch-refine-cap1.25": _batch_refined(cap=1 / DEFAULT_BATCH_TARGET_FRACTION),
+    "hybrid-batch-refine-cap1.125": _batch_refined(cap=1.125),
+    "hybrid-batch-refine-cap1.5": _batch_refined(cap=1.5),
+    "hybrid-batch-refine-gate0.1": _batch_refined(cap=2.0, gate_aux=0.1),
+    "hybrid-batch-refine-cap1.5-gate0.1": _batch_refined(cap=1.5, gate_aux=0.1),
+    "hybrid-batch-refine-cap1.25-gate0.1": _batch_refined(cap=1.25, gate_aux=0.1),
     "hybrid-refine2": ComparisonVariant("hybrid", "k", "hybrid (fixed k, 2 refine steps)", {"gate_rule": "token",
                                                                                           "refine_steps": 2}),
     "hybrid-batch-refine2": ComparisonVariant(

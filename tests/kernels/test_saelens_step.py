@@ -14,6 +14,7 @@ def test_training_forward_pass_returns_sparse_codes_saelens_can_count() -> None:
     with torch.no_grad():
         sae.b_gate.normal_()
     x = torch.randn(16, 8)
+    sae.eval()  # the default batch gate allocates over a training batch; evaluating, it gates each token as encode does
     out = sae.training_forward_pass(TrainStepInput(
         sae_in=x, coefficients={"l1": 0.0}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=True,
     ))
